@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment and print its path.
+#
+#   MPISIM_VENV=DIR    where the venv lives (default: .venv in the project)
+#   MPISIM_MPI=system  use the MPI that mpi4py finds on the machine (a
+#                      cluster's module) instead of the MPICH wheel
+#   PYTHON=python3.X   the interpreter that creates the venv
+#
+# It reinstalls only when setup.cfg or the choice of MPI changed, so calling
+# it before every run costs a fraction of a second.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${MPISIM_VENV:-$root/.venv}"
+python="${PYTHON:-python3}"
+extras="test,plot"
+if [ "${MPISIM_MPI:-wheel}" != "system" ]; then
+    extras="test,plot,mpich"
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "mpisim: creating the virtual environment $venv" >&2
+    "$python" -m venv "$venv"
+fi
+
+stamp="$venv/.mpisim-installed"
+want="$(cat "$root/setup.cfg" "$root/pyproject.toml" | sha256sum | cut -c1-16) $extras"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "mpisim: installing the package and its dependencies ($extras) into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --editable "$root[$extras]" >&2
+    echo "$want" > "$stamp"
+fi
+echo "$venv"

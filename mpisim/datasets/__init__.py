@@ -1,0 +1,1 @@
+"""Data shipped inside the package (see each folder's README.md)."""

@@ -1,0 +1,34 @@
+"""Random streams derived from the run's seed.
+
+Every random choice in a run comes from a stream named by a fixed key, for
+instance ``(SAMPLING, agent_id)``. A stream depends only on the seed and its
+key, never on which rank computes it, so a run gives the same numbers whether
+agents are packed several to a rank or spread one per rank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Stream families: the first element of every key.
+PARTITION = 0      # split of the training set into shards
+SAMPLING = 1       # an agent's batch indices
+ATTACK = 2         # a faulty agent's random messages / labels
+BYZANTINE = 3      # which agents are faulty
+MODEL_INIT = 4     # the initial model
+SERVER = 5         # server-side randomness (e.g. bucketing)
+GRAPH = 6          # decentralized mode: the communication graph
+
+
+def numpy_generator(seed: int, *key: int) -> np.random.Generator:
+    """A numpy generator for the stream ``key`` of run ``seed``."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=tuple(key)))
+
+
+def torch_generator(seed: int, *key: int) -> torch.Generator:
+    """A CPU torch generator for the stream ``key`` of run ``seed``."""
+    state = np.random.SeedSequence(seed, spawn_key=tuple(key)).generate_state(2, np.uint32)
+    gen = torch.Generator()
+    gen.manual_seed(int(state[0]) << 32 | int(state[1]))
+    return gen
