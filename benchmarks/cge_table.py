@@ -23,11 +23,8 @@ printed in Markdown for the README.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-from pathlib import Path
 
-from common import MNIST_DIR, RESULTS, machine, markdown_table, run_server_mode, save_json
+from common import MNIST_DIR, accuracy_cell, machine, markdown_table, run_grid, save_json
 
 N, F, STEP = 10, 1, 0.1
 
@@ -52,55 +49,31 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
     args = parser.parse_args()
 
-    path = RESULTS / OUT
-    cells = {} if args.fresh or not path.exists() else json.loads(path.read_text())["cells"]
     settings = {"rounds": args.rounds, "per_rank": args.per_rank, "seed": args.seed}
-    nprocs = 1 + -(-N // args.per_rank)
     wanted = [f for f in FILTERS if not args.only or f in args.only.split(",")]
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for label in wanted:
-            for fault in FAULTS:
-                key = f"{label}|{fault}"
-                if key in cells and cells[key]["settings"] == settings:
-                    continue
-                summary = run_server_mode(nprocs, [
-                    "--data.name", "mnist", "--data.root", str(MNIST_DIR),
-                    "--agents.n", str(N), "--agents.per_rank", str(args.per_rank),
-                    "--data.batch_size", "16", "--aggregator.f", str(F), "--optim.lr", str(STEP),
-                    *FILTERS[label],
-                    "--byzantine.fault", fault, "--byzantine.count", "1", "--byzantine.ids", "0",
-                    "--run.rounds", str(args.rounds), "--run.eval_every", str(args.rounds // 5),
-                    "--run.seed", str(args.seed),
-                ], out_dir=Path(tmp), name=key.replace("|", "-").replace(" ", "").replace("=", ""))
-                curve = [json.loads(line) for line in
-                         (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-                cells[key] = {
-                    "settings": settings,
-                    "final_test_accuracy": summary["final"]["test_accuracy"],
-                    "final_test_loss": summary["final"]["test_loss"],
-                    "rounds_per_second": summary["rounds_per_second"],
-                    "curve": [(r["round"], r["test_accuracy"]) for r in curve],
-                }
-                acc = cells[key]["final_test_accuracy"]
-                print(f"  {label:>16} x {fault:<17} {'diverged' if acc is None else f'{100 * acc:.2f}%'}",
-                      flush=True)
-                save_json(OUT, {"cells": cells})
-
-    def show(key):
-        if key not in cells:
-            return "-"
-        acc = cells[key]["final_test_accuracy"]
-        return "diverged" if acc is None else f"{100 * acc:.1f}"
+    cells = {
+        f"{label}|{fault}": [
+            "--data.name", "mnist", "--data.root", str(MNIST_DIR),
+            "--agents.n", str(N), "--agents.per_rank", str(args.per_rank), "--data.batch_size", "16",
+            "--aggregator.f", str(F), "--optim.lr", str(STEP), *FILTERS[label],
+            "--byzantine.fault", fault, "--byzantine.count", "1", "--byzantine.ids", "0",
+            "--run.rounds", str(args.rounds), "--run.eval_every", str(max(1, args.rounds // 5)),
+            "--run.seed", str(args.seed),
+        ]
+        for label in wanted for fault in FAULTS
+    }
+    results = run_grid(OUT, cells, nprocs=1 + -(-N // args.per_rank), settings=settings,
+                       fresh=args.fresh)
 
     table = markdown_table(["fault \\ filter", *FILTERS],
-                           [[fault, *[show(f"{label}|{fault}") for label in FILTERS]] for fault in FAULTS])
+                           [[fault, *[accuracy_cell(results.get(f"{label}|{fault}")) for label in FILTERS]]
+                            for fault in FAULTS])
     print(f"\nfinal test accuracy (%) after {args.rounds} rounds, MNIST test set (10,000):\n")
     print(table)
     save_json(OUT, {
         "benchmark": "CGE paper Figures 2-3: filter x fault, LeNet-MNIST, n=10, k=16, f=1, step 0.1",
         "command": f"python benchmarks/cge_table.py --rounds {args.rounds} --per-rank {args.per_rank}",
-        "machine": machine(), "cells": cells, "table": table})
+        "machine": machine(), "cells": results, "table": table})
 
 
 if __name__ == "__main__":

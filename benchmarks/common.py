@@ -69,3 +69,42 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, settings: dict,
+             fresh: bool = False) -> dict:
+    """Run one server-mode job per cell, keeping results in benchmarks/results/OUT_NAME.
+
+    ``cells`` maps a key to the job's arguments. A cell already in the file
+    with the same ``settings`` is not run again (a long sweep can be resumed);
+    the file is rewritten after every cell. Returns {key: result}.
+    """
+    import tempfile
+
+    path = RESULTS / out_name
+    done = {} if fresh or not path.exists() else json.loads(path.read_text()).get("cells", {})
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, args in cells.items():
+            if key in done and done[key].get("settings") == settings:
+                continue
+            name = "".join(c if c.isalnum() else "-" for c in key)
+            summary = run_server_mode(nprocs, args, out_dir=Path(tmp), name=name)
+            curve = metrics.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
+            done[key] = {
+                "settings": settings,
+                "final_test_accuracy": summary["final"]["test_accuracy"],
+                "final_test_loss": summary["final"]["test_loss"],
+                "rounds_per_second": summary["rounds_per_second"],
+                "curve": [(r["round"], r["test_accuracy"]) for r in curve],
+            }
+            acc = done[key]["final_test_accuracy"]
+            print(f"  {key:<45} {'diverged' if acc is None else f'{100 * acc:.2f}%'}", flush=True)
+            save_json(out_name, {"cells": done})
+    return done
+
+
+def accuracy_cell(result: dict | None) -> str:
+    if result is None:
+        return "-"
+    acc = result["final_test_accuracy"]
+    return "diverged" if acc is None else f"{100 * acc:.1f}"
