@@ -30,7 +30,7 @@ from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
 __all__ = ["MPI", "abort_on_error", "agree", "wait", "Traffic", "bcast", "gatherv_rows",
-           "scatterv_rows", "gather_small", "split"]
+           "scatterv_rows", "NeighbourExchange", "gather_small", "split"]
 
 
 def abort_on_error(main: Callable[..., int | None]) -> Callable[..., int | None]:
@@ -182,6 +182,66 @@ def scatterv_rows(comm: MPI.Comm, sendbuf: np.ndarray | None, recvbuf: np.ndarra
             traffic.count(category, sent=sendbuf.nbytes - recvbuf.nbytes)
         else:
             traffic.count(category, received=recvbuf.nbytes)
+
+
+class NeighbourExchange:
+    """Rows of a float32 block sent to graph neighbours with one neighbourhood collective.
+
+    Built once per run (every rank of ``comm`` calls the constructor: it
+    creates a distributed-graph communicator with
+    ``Create_dist_graph_adjacent``). Rank r sends, to each neighbour rank s,
+    the rows ``send_rows[s]`` of its block (any rows, in that order) and
+    receives ``recv_rows[s]`` rows from s, which land one after another in
+    its receive block, ordered by source rank.
+
+    The rows to send are described by an indexed MPI datatype per neighbour,
+    so nothing is copied into a send buffer: a node that sends its model to
+    several neighbours passes that one row, a two-faced node one row per
+    neighbour. Counts and displacements are always explicit (Open MPI
+    mis-infers zero-size receives otherwise).
+    """
+
+    def __init__(self, comm: MPI.Comm, *, d: int, send_rows: dict[int, Sequence[int]],
+                 recv_rows: dict[int, int]):
+        self.d = d
+        self.neighbours = sorted(set(send_rows) | set(recv_rows))
+        # Symmetric by construction: every neighbour both sends and receives (possibly 0 rows).
+        self.graph = comm.Create_dist_graph_adjacent(self.neighbours, self.neighbours, reorder=False)
+        self._types = []
+        send_types, send_counts = [], []
+        for s in self.neighbours:
+            rows = list(send_rows.get(s, ()))
+            if rows:
+                dtype = MPI.FLOAT.Create_indexed_block(d, [row * d for row in rows]).Commit()
+                self._types.append(dtype)
+                send_types.append(dtype)
+                send_counts.append(1)
+            else:
+                send_types.append(MPI.FLOAT)
+                send_counts.append(0)
+        self._send_spec = (send_counts, [0] * len(self.neighbours), send_types)
+        counts = [recv_rows.get(s, 0) * d for s in self.neighbours]
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int) if counts else []
+        self._recv_spec = (counts, [int(o) * 4 for o in offsets], [MPI.FLOAT] * len(self.neighbours))
+        self.rows_out = sum(len(send_rows.get(s, ())) for s in self.neighbours)
+        self.rows_in = sum(recv_rows.get(s, 0) for s in self.neighbours)
+        self.recv_offset = {s: int(o) // d for s, o in zip(self.neighbours, offsets)}
+
+    def exchange(self, block: np.ndarray, recv: np.ndarray, *, traffic: Traffic | None = None,
+                 category: str = "protocol") -> None:
+        """Send the chosen rows of ``block`` (R, d) and fill ``recv`` (rows_in, d); all ranks call it."""
+        counts, displs, types = self._send_spec
+        rcounts, rdispls, rtypes = self._recv_spec
+        wait(self.graph.Ineighbor_alltoallw([block, counts, displs, types],
+                                            [recv, rcounts, rdispls, rtypes]))
+        if traffic is not None:
+            traffic.count(category, sent=4 * self.d * self.rows_out, received=4 * self.d * self.rows_in)
+
+    def free(self) -> None:
+        for dtype in self._types:
+            dtype.Free()
+        self._types = []
+        self.graph.Free()
 
 
 def gather_small(comm: MPI.Comm, obj, *, root: int = 0):

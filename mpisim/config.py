@@ -71,13 +71,16 @@ class RunConfig:
 class DataConfig:
     name: str = _opt("mnist-small", "data set: mnist-small (built in), mnist, fashion-mnist")
     root: str = _opt("", "directory holding the data set's IDX files (mnist-small needs none)")
-    batch_size: int = _opt(16, "k, samples per agent per round (CGE paper eq 8)")
+    batch_size: int = _opt(16, "samples per agent (server mode: k of the CGE paper's eq 8) or per node "
+                               "and step (decentralized mode; 0: the whole local shard)")
+    train_size: int = _opt(0, "use a seeded random subset of this many training samples (0: all)")
     test_size: int = _opt(0, "evaluate on the first this many test samples (0: all)")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _opt("lenet", "model: lenet")
+    name: str = _opt("lenet", "model: lenet (CGE paper), linear (one-vs-all squared hinge), cnn (BRIDGE 5.2)")
+    init: str = _opt("default", "initial parameters: default (PyTorch's per-layer init) or zero")
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,74 @@ class ServerModeConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
+
+
+@dataclass(frozen=True)
+class NodesConfig:
+    n: int = _opt(20, "number of nodes of the graph")
+    per_rank: int = _opt(1, "nodes hosted by each rank; the job needs ceil(n / per_rank) ranks")
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    p: float = _opt(0.5, "Erdős–Rényi edge probability")
+    redraw: int = _opt(0, "draw again up to this many times when a graph fails the check (0: fail)")
+    max_reduced_graphs: int = _opt(200_000, "check Assumption 4 on every reduced graph when there are "
+                                            "at most this many")
+    samples: int = _opt(2_000, "otherwise check this many random reduced graphs (0: skip)")
+
+
+@dataclass(frozen=True)
+class ScreeningConfig:
+    name: str = _opt("bridge_t", "bridge_t (trimmed mean, eq 7), bridge_m, bridge_k, bridge_b, "
+                                 "dgd (plain average, eq 3), local (no exchange)")
+    b: int = _opt(2, "number of Byzantine neighbours screened out per side (BRIDGE's b)")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    method: str = _opt("gd", "local update: gd (w <- screened - rho(t) grad, rho(t) = 1/(lam (t0 + t))) "
+                             "or adam (BRIDGE Section 5.2)")
+    lam: float = _opt(1.0, "lambda of the step-size sequence rho(t) = 1/(lam (t0 + t))")
+    t0: float = _opt(500.0, "t0 of the step-size sequence rho(t) = 1/(lam (t0 + t))")
+    l2: float = _opt(0.0, "weight of (l2 / 2) ||w||^2 added to every node's loss (strong convexity)")
+    lr: float = _opt(1e-3, "Adam's step size (method adam)")
+    order: str = _opt("screen_then_step", "screen_then_step: screen w(t) and subtract rho(t) grad f(w(t)) "
+                                          "(eq 7); step_then_screen: local step, then exchange and "
+                                          "screen (Section 5.2)")
+
+
+@dataclass(frozen=True)
+class NodeByzantineConfig:
+    fault: str = _opt("random", "what Byzantine nodes broadcast: init_random (a fresh draw from the "
+                                "model's initialization), a message fault of the rule library "
+                                "(random, sign_flip, gaussian, nan, inf, huge, ...), or none")
+    count: int = _opt(2, "number of Byzantine nodes (ignored when fault is none)")
+    ids: tuple[int, ...] = _opt((), "ids (0-based) of the Byzantine nodes; default: drawn from the seed")
+    two_faced: bool = _opt(False, "send a different vector to each neighbour")
+    params: Mapping[str, Any] = _opt({}, "the fault's own parameters, e.g. --byzantine.params.std 1")
+
+
+def _decentralized_data() -> DataConfig:
+    return DataConfig(batch_size=0)
+
+
+def _decentralized_model() -> ModelConfig:
+    return ModelConfig(name="linear", init="zero")
+
+
+@dataclass(frozen=True)
+class DecentralizedConfig:
+    """Configuration of ``python -m mpisim.decentralized``."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=_decentralized_data)
+    model: ModelConfig = field(default_factory=_decentralized_model)
+    nodes: NodesConfig = field(default_factory=NodesConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    screening: ScreeningConfig = field(default_factory=ScreeningConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    byzantine: NodeByzantineConfig = field(default_factory=NodeByzantineConfig)
 
 
 # ---------------------------------------------------------------- reading values
@@ -199,6 +270,7 @@ def _build(cls, tables: Mapping[str, Mapping[str, Any]], *, from_text: bool = Fa
     if unknown:
         name = sorted(unknown)[0]
         raise ConfigError(name, f"unknown section; known sections: {', '.join(sections)}")
+    defaults = cls()  # a mode's own defaults (e.g. decentralized: model.name = "linear")
     built = {}
     for section, section_cls in sections.items():
         given = tables.get(section, {})
@@ -212,7 +284,7 @@ def _build(cls, tables: Mapping[str, Mapping[str, Any]], *, from_text: bool = Fa
                               f"unknown field; fields of [{section}]: {', '.join(fields)}")
         kwargs = {name: _coerce(f"{section}.{name}", fields[name][0], value, from_text=from_text)
                   for name, value in given.items()}
-        built[section] = section_cls(**kwargs)
+        built[section] = dataclasses.replace(getattr(defaults, section), **kwargs)
     return cls(**built)
 
 
@@ -266,10 +338,11 @@ def load_toml(path: str | Path) -> dict:
 def _help_text(cls) -> str:
     out = io.StringIO()
     out.write("configuration fields (TOML table.field, or --table.field VALUE on the command line):\n")
+    defaults = cls()
     for section, section_cls in _sections(cls).items():
         out.write(f"\n  [{section}]\n")
         for name, (annotation, fld) in _fields(section_cls).items():
-            default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
+            default = getattr(getattr(defaults, section), name)
             shown = dict(default) if isinstance(default, Mapping) else default
             shown = list(shown) if isinstance(shown, tuple) else shown
             out.write(f"  --{section}.{name} (default {shown!r})\n")
@@ -353,27 +426,42 @@ def validate_run(run: RunConfig) -> None:
     require(run.eval_every >= 1, "run.eval_every", f"must be >= 1, got {run.eval_every}")
 
 
-def validate_data(data_cfg: DataConfig, *, num_shards: int) -> int:
+def validate_model(model_cfg: ModelConfig) -> None:
+    from . import models
+
+    require(model_cfg.name in models.MODELS, "model.name",
+            f"unknown model {model_cfg.name!r}; known: {', '.join(models.MODELS)}")
+    require(model_cfg.init in ("default", "zero"), "model.init",
+            f"must be default or zero, got {model_cfg.init!r}")
+
+
+def validate_data(data_cfg: DataConfig, *, num_shards: int, min_batch: int = 1) -> int:
     """Check the data set exists and can give ``num_shards`` shards; returns the training set size."""
     from . import data  # local: keeps `import mpisim.config` light
 
     require(data_cfg.name in data.DATASETS, "data.name",
             f"unknown data set {data_cfg.name!r}; known: {', '.join(data.DATASETS)}")
-    require(data_cfg.batch_size >= 1, "data.batch_size", f"must be >= 1, got {data_cfg.batch_size}")
+    require(data_cfg.batch_size >= min_batch, "data.batch_size",
+            f"must be >= {min_batch}, got {data_cfg.batch_size}")
     require(data_cfg.test_size >= 0, "data.test_size", f"must be >= 0, got {data_cfg.test_size}")
+    require(data_cfg.train_size >= 0, "data.train_size", f"must be >= 0, got {data_cfg.train_size}")
     try:
         train = data.num_samples(data_cfg.name, data_cfg.root, "train")
         data.num_samples(data_cfg.name, data_cfg.root, "test")
     except (data.DataError, OSError) as exc:
         raise ConfigError("data.root", f"cannot read data set {data_cfg.name!r}: {exc}") from None
-    require(train >= num_shards, "data.name",
+    if data_cfg.train_size:
+        require(data_cfg.train_size <= train, "data.train_size",
+                f"the training set has {train} samples, fewer than {data_cfg.train_size}")
+        train = data_cfg.train_size
+    require(train >= num_shards, "data.train_size" if data_cfg.train_size else "data.name",
             f"{train} training samples cannot give each of {num_shards} shards a sample")
     return train
 
 
 def validate_server_mode(cfg: ServerModeConfig, world_size: int) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks."""
-    from . import aggregators, attacks, models
+    from . import attacks
 
     validate_run(cfg.run)
     n = cfg.agents.n
@@ -384,8 +472,7 @@ def validate_server_mode(cfg: ServerModeConfig, world_size: int) -> None:
             f"{n} agents at {cfg.agents.per_rank} per rank need {needed} MPI ranks "
             f"(1 server + {needed - 1} agent ranks), but the job has {world_size}; "
             f"run with mpiexec -n {needed}, or change agents.n / agents.per_rank")
-    require(cfg.model.name in models.MODELS, "model.name",
-            f"unknown model {cfg.model.name!r}; known: {', '.join(models.MODELS)}")
+    validate_model(cfg.model)
     require(math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr",
             f"the step size must be a positive number, got {cfg.optim.lr}")
     validate_data(cfg.data, num_shards=n)
@@ -437,3 +524,68 @@ def _validate_aggregator(agg: AggregatorConfig, n: int) -> None:
                                              pre_params=pre_params) is None
         raise ConfigError("aggregator.f" if blame_f else
                           "aggregator.pre_params" if agg.pre_params else "aggregator.params", message)
+
+
+DECENTRALIZED_FAULTS_EXTRA = ("init_random",)  # faults of the decentralized mode itself
+
+
+def validate_decentralized(cfg: DecentralizedConfig, world_size: int) -> None:
+    """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (before the graph is drawn)."""
+    from . import attacks, screening
+
+    validate_run(cfg.run)
+    n = cfg.nodes.n
+    require(n >= 2, "nodes.n", f"must be >= 2, got {n}")
+    require(cfg.nodes.per_rank >= 1, "nodes.per_rank", f"must be >= 1, got {cfg.nodes.per_rank}")
+    needed = math.ceil(n / cfg.nodes.per_rank)
+    require(world_size == needed, "nodes.per_rank",
+            f"{n} nodes at {cfg.nodes.per_rank} per rank need {needed} MPI ranks, but the job has "
+            f"{world_size}; run with mpiexec -n {needed}, or change nodes.n / nodes.per_rank")
+    validate_model(cfg.model)
+    validate_data(cfg.data, num_shards=n, min_batch=0)
+
+    graph = cfg.graph
+    require(0.0 < graph.p <= 1.0, "graph.p", f"edge probability must be in (0, 1], got {graph.p}")
+    require(graph.redraw >= 0, "graph.redraw", f"must be >= 0, got {graph.redraw}")
+    require(graph.max_reduced_graphs >= 0, "graph.max_reduced_graphs",
+            f"must be >= 0, got {graph.max_reduced_graphs}")
+    require(graph.samples >= 0, "graph.samples", f"must be >= 0, got {graph.samples}")
+
+    scr = cfg.screening
+    require(scr.name in screening.SCREENS, "screening.name",
+            f"unknown screening {scr.name!r}; known: {', '.join(screening.SCREENS)}")
+    require(scr.b >= 0, "screening.b", f"must be >= 0, got {scr.b}")
+    require(2 * scr.b < n - 1, "screening.b",
+            f"BRIDGE needs every honest node to have more than 2b = {2 * scr.b} neighbours, "
+            f"impossible with n = {n} nodes")
+
+    local = cfg.local
+    require(local.method in ("gd", "adam"), "local.method", f"must be gd or adam, got {local.method!r}")
+    require(local.order in ("screen_then_step", "step_then_screen"), "local.order",
+            f"must be screen_then_step or step_then_screen, got {local.order!r}")
+    for name in ("lam", "t0", "lr"):
+        value = getattr(local, name)
+        require(math.isfinite(value) and value > 0, f"local.{name}", f"must be positive, got {value}")
+    require(math.isfinite(local.l2) and local.l2 >= 0, "local.l2", f"must be >= 0, got {local.l2}")
+
+    byz = cfg.byzantine
+    if byz.fault == "none":
+        return
+    usable = [name for name, a in attacks.REGISTRY.items() if a.kind == "message" and not a.omniscient]
+    require(byz.fault in usable or byz.fault in DECENTRALIZED_FAULTS_EXTRA, "byzantine.fault",
+            f"{byz.fault!r} is not a fault Byzantine nodes can run here; known: none, "
+            f"{', '.join(DECENTRALIZED_FAULTS_EXTRA + tuple(usable))} (omniscient and data faults "
+            f"are server-mode only)")
+    require(0 <= byz.count < n, "byzantine.count", f"must be in [0, {n - 1}], got {byz.count}")
+    if byz.ids:
+        require(len(byz.ids) == byz.count, "byzantine.ids",
+                f"lists {len(byz.ids)} nodes but byzantine.count is {byz.count}")
+        require(len(set(byz.ids)) == len(byz.ids), "byzantine.ids", f"repeats an id: {list(byz.ids)}")
+        require(all(0 <= i < n for i in byz.ids), "byzantine.ids",
+                f"ids must be in [0, {n - 1}], got {list(byz.ids)}")
+    if byz.fault in attacks.REGISTRY:
+        message = attacks.check(byz.fault, n, byz.count, params=dict(byz.params))
+        if message:
+            raise ConfigError("byzantine.params", message)
+    else:
+        require(not byz.params, "byzantine.params", f"{byz.fault} takes no parameters")

@@ -181,15 +181,20 @@ def load(name: str, root: str | os.PathLike, split: str) -> ArrayDataset:
     return ArrayDataset(images, labels.astype(np.int64), 10, mean, std)
 
 
-def iid_partition(num_samples: int, num_agents: int, seed: int) -> list[np.ndarray]:
+def iid_partition(num_samples: int, num_agents: int, seed: int, *, subset: int = 0) -> list[np.ndarray]:
     """Split ``range(num_samples)`` into ``num_agents`` shards of (near) equal size.
 
     A seeded permutation is cut into contiguous pieces (sizes differ by at most
-    one); each shard's indices are sorted. The same on every rank.
+    one); each shard's indices are sorted. With ``subset`` > 0, only the first
+    ``subset`` indices of the permutation are shared out (a seeded random
+    subset of the training set). The same on every rank.
     """
-    if num_samples < num_agents:
-        raise DataError(f"{num_samples} samples cannot give each of {num_agents} agents a shard")
-    perm = seeding.numpy_generator(seed, seeding.PARTITION).permutation(num_samples)
+    total = subset or num_samples
+    if total > num_samples:
+        raise DataError(f"a subset of {subset} samples is larger than the {num_samples} available")
+    if total < num_agents:
+        raise DataError(f"{total} samples cannot give each of {num_agents} agents a shard")
+    perm = seeding.numpy_generator(seed, seeding.PARTITION).permutation(num_samples)[:total]
     return [np.sort(part) for part in np.array_split(perm, num_agents)]
 
 
@@ -213,6 +218,10 @@ class AgentData:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole shard as one batch (full local gradient, BRIDGE's grad f_j)."""
+        return normalize(self.images, self.mean, self.std), self.labels
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(self.rng.integers(0, len(self.labels), self.batch_size))

@@ -15,6 +15,12 @@ convolution weight (out, in, kh, kw) is stored in (out, kh, kw, in) order,
 the channels-last layout under which oneDNN runs LeNet about 1.6x faster on
 a CPU. Every rule in :mod:`mpisim.aggregators` treats coordinates alike, so
 the order of coordinates never changes a result.
+
+Models (:data:`MODELS`): ``lenet`` (CGE paper, Section 3.4) for the server
+mode; ``linear`` (one-vs-all squared hinge, BRIDGE Section 5.1) and ``cnn``
+(BRIDGE Section 5.2) for the decentralized mode. :meth:`FlatModel.init_sample`
+draws a whole parameter vector from the default initialization, for
+Byzantine nodes that send random models.
 """
 
 from __future__ import annotations
@@ -57,10 +63,93 @@ def _lenet(input_shape, num_classes):
     return LeNet(input_shape, num_classes), F.cross_entropy
 
 
+class LinearClassifier(nn.Module):
+    """A linear classifier on the flattened image: scores = W x + c.
+
+    One weight row and one bias per class, i.e. the ten one-vs-all linear
+    classifiers of BRIDGE, Section 5.1, side by side: 10 x 784 + 10 = 7,850
+    parameters on 1x28x28 inputs. Train it with :func:`squared_hinge_ova`.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10):
+        super().__init__()
+        self.fc = nn.Linear(int(np.prod(input_shape)), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+def squared_hinge_ova(scores: torch.Tensor, labels: torch.Tensor, *,
+                      reduction: str = "mean") -> torch.Tensor:
+    """One-vs-all squared hinge loss (BRIDGE, Section 5.1).
+
+    scores (N, C), labels (N,) of class indices. For sample i and class c the
+    target is t_ic = +1 if labels[i] == c else -1, and the sample's loss is
+
+        l_i = sum over the C classes of max(0, 1 - t_ic * scores[i, c])^2,
+
+    SUMMED over classes (not averaged), so that each class's weights get
+    exactly the gradient of their own binary one-vs-all problem. ``reduction``
+    works as in ``F.cross_entropy``: "mean" (the default) averages l_i over the
+    N samples, "sum" adds them, "none" returns the (N,) vector. No
+    regularization term is included.
+    """
+    targets = F.one_hot(labels, scores.shape[1]).to(scores.dtype).mul_(2).sub_(1)
+    per_sample = (1 - targets * scores).clamp_min(0).square().sum(dim=1)
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"squared_hinge_ova: reduction must be 'mean', 'sum' or 'none', "
+                     f"got {reduction!r}")
+
+
+def _linear(input_shape, num_classes):
+    return LinearClassifier(input_shape, num_classes), squared_hinge_ova
+
+
+class SmallCNN(nn.Module):
+    """The CNN of BRIDGE, Section 5.2: two convolutions, each followed by max
+    pooling, then two fully connected layers.
+
+    The paper gives no layer sizes; these are the classic small MNIST CNN's:
+    conv 10@5x5, max-pool 2, ReLU, conv 20@5x5, max-pool 2, ReLU, fully
+    connected 320 -> 50, ReLU, fully connected 50 -> 10. 21,840 parameters on
+    1x28x28 inputs (260 + 5,020 + 16,050 + 510). Trained with cross-entropy,
+    which on the paper's one-hot labels is the usual softmax log-loss.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10):
+        super().__init__()
+        channels, height, width = input_shape
+        self.conv1 = nn.Conv2d(channels, 10, 5)
+        self.conv2 = nn.Conv2d(10, 20, 5)
+        flat_h, flat_w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
+        self.fc1 = nn.Linear(20 * flat_h * flat_w, 50)
+        self.fc2 = nn.Linear(50, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+def _cnn(input_shape, num_classes):
+    return SmallCNN(input_shape, num_classes), F.cross_entropy
+
+
 # name -> builder(input_shape, num_classes) -> (module, loss(logits, labels))
+# Every loss accepts reduction="sum" (FlatModel.evaluate uses it).
 MODELS: dict[str, Callable] = {
     "lenet": _lenet,
+    "linear": _linear,
+    "cnn": _cnn,
 }
+
+INITS = ("default", "zero")
 
 
 def _flat_view(flat: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
@@ -88,6 +177,50 @@ class FlatModel:
             view.copy_(param.detach())
             param.data = view
             offset += param.numel()
+        self._bounds: torch.Tensor | None = None   # filled by the first init_sample
+
+    def _init_bounds(self) -> torch.Tensor:
+        """(d,) float32: for every coordinate, the half-width of the uniform
+        distribution PyTorch's default initialization draws it from."""
+        if self._bounds is None:
+            owner = {}
+            for mod in self.module.modules():
+                for param in mod.parameters(recurse=False):
+                    owner[id(param)] = mod
+            bounds = torch.empty(self.d, dtype=torch.float32)
+            offset = 0
+            for param in self.module.parameters():
+                mod = owner[id(param)]
+                if not isinstance(mod, (nn.Linear, nn.Conv2d)):
+                    raise NotImplementedError(
+                        f"init_sample: no default initialization known for "
+                        f"{type(mod).__name__} (only nn.Linear and nn.Conv2d)")
+                # fan_in of the layer's weight: in_features, or in/groups * kh * kw.
+                shape = mod.weight.shape
+                fan_in = int(np.prod(shape[1:]))
+                bounds[offset:offset + param.numel()] = 1.0 / np.sqrt(fan_in) if fan_in else 0.0
+                offset += param.numel()
+            self._bounds = bounds
+        return self._bounds
+
+    def init_sample(self, generator: torch.Generator) -> torch.Tensor:
+        """A fresh (d,) float32 draw of all parameters from the model's initial distribution.
+
+        Layer by layer this is PyTorch's default for nn.Linear and nn.Conv2d:
+        weights from kaiming_uniform_(a=sqrt(5)), i.e. uniform in
+        +/- 1/sqrt(fan_in), and biases uniform in +/- 1/sqrt(fan_in), with
+        fan_in the weight's in_features (or in_channels/groups * kh * kw).
+        Every coordinate is independent, so the flat layout (channels-last
+        conv weights) changes nothing but where each draw lands. Drawn only
+        from ``generator`` (the global RNG is not touched), in one vectorized
+        pass. This is the distribution of ``build(..., init="default")``
+        whatever init the model itself was built with; BRIDGE's Byzantine
+        nodes in Section 5.2 send such draws.
+        """
+        bounds = self._init_bounds()
+        sample = torch.empty(self.d, dtype=torch.float32)
+        sample.uniform_(-1.0, 1.0, generator=generator)
+        return sample.mul_(bounds)
 
     def _grad_views(self, row: torch.Tensor) -> list[torch.Tensor]:
         views, offset = [], 0
@@ -128,19 +261,27 @@ class FlatModel:
         return total_loss / len(y), correct / len(y)
 
 
-def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, seed: int) -> FlatModel:
+def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, seed: int,
+          init: str = "default") -> FlatModel:
     """Model ``name`` with its initial parameters drawn from the run's seed.
 
-    The initialization is PyTorch's default for each layer (Kaiming uniform,
+    ``init="default"``: PyTorch's default for each layer (Kaiming uniform,
     as in the CGE paper's Section 3.1), drawn from a generator seeded by the
     run's seed, so every rank that builds it gets the same model.
+    ``init="zero"``: every parameter is 0 (BRIDGE, Algorithm 1, line 1:
+    w_j(0) = 0).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
     state = torch.random.get_rng_state()
     torch.manual_seed(int(seeding.numpy_generator(seed, seeding.MODEL_INIT).integers(2**62)))
     try:
         module, loss = MODELS[name](tuple(input_shape), num_classes)
     finally:
         torch.random.set_rng_state(state)
-    return FlatModel(module, loss)
+    model = FlatModel(module, loss)
+    if init == "zero":
+        model.flat.zero_()
+    return model

@@ -25,8 +25,6 @@ appends a line to ``metrics.jsonl`` in the run directory.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import sys
 import time
@@ -36,9 +34,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import aggregators, attacks, comm as mpi, config, data, metrics, models, seeding
+from . import aggregators, attacks, comm as mpi, config, data, entry, metrics, models, seeding
 from .comm import MPI
-from .config import ConfigError, ServerModeConfig
+from .config import ServerModeConfig
 
 SERVER = 0
 
@@ -145,7 +143,7 @@ def run_server(world: MPI.Comm, cfg: ServerModeConfig, layout: Layout) -> dict:
     world.Barrier()  # every rank is set up: the clock starts for all
     loop_start = time.perf_counter()
     last = evaluate(0, None, [])
-    progress = _progress_bar(cfg)
+    progress = entry.progress_bar(cfg.run.rounds, cfg.run.progress)
     for round_ in range(1, cfg.run.rounds + 1):
         with timer("bcast"):
             mpi.bcast(world, w.numpy(), root=SERVER, traffic=traffic)
@@ -215,16 +213,6 @@ def bytes_by_role(server: mpi.Traffic, agents: list[dict]) -> dict:
         "adversary_sent": total("sent", "adversary"),
         "adversary_received": total("received", "adversary"),
     }
-
-
-def _progress_bar(cfg: ServerModeConfig):
-    if not cfg.run.progress:
-        return None
-    from tqdm import tqdm
-
-    # disable=None: shown only when stderr is a terminal.
-    return tqdm(total=cfg.run.rounds, unit="round", disable=None, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
 
 
 # ---------------------------------------------------------------- agents
@@ -305,7 +293,7 @@ def run_agent(world: MPI.Comm, agents_comm: MPI.Comm, cfg: ServerModeConfig, lay
     rank = world.Get_rank()
     mine = layout.agents_of(rank)
     train = data.load(cfg.data.name, cfg.data.root, "train")
-    shards = data.iid_partition(len(train), layout.n, cfg.run.seed)
+    shards = data.iid_partition(len(train), layout.n, cfg.run.seed, subset=cfg.data.train_size)
     agents = [data.AgentData(train, shards[i], agent_id=i, seed=cfg.run.seed,
                              batch_size=cfg.data.batch_size) for i in mine]
     input_shape, num_classes = train.input_shape, train.num_classes
@@ -346,42 +334,11 @@ def run_agent(world: MPI.Comm, agents_comm: MPI.Comm, cfg: ServerModeConfig, lay
 # ---------------------------------------------------------------- entry point
 
 
-def _describe() -> str:
-    return (__doc__ or "").split("\n\n")[0]
-
-
-@contextlib.contextmanager
-def _quiet_unless(show: bool):
-    """Silence stdout/stderr (argparse's --help and usage errors) on all ranks but one."""
-    if show:
-        yield
-        return
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
-
-
 def setup(world: MPI.Comm, argv: Sequence[str] | None) -> tuple[ServerModeConfig, Layout]:
     """Parse and validate on every rank; all ranks exit together (code 2) on any error."""
-    rank = world.Get_rank()
-    error, cfg, print_only = None, None, False
-    try:
-        with _quiet_unless(rank == 0):
-            cfg, print_only = config.parse_args(
-                ServerModeConfig, argv, prog="python -m mpisim.server_mode", description=_describe())
-        config.validate_server_mode(cfg, world.Get_size())
-    except ConfigError as exc:
-        error = f"config error: {exc}"
-    except SystemExit as exc:  # --help, or argparse's own usage error
-        error = "" if exc.code in (0, None) else "usage error (see --help)"
-    error = mpi.agree(world, error)
-    if error is not None:
-        if error and rank == 0:
-            print(f"mpisim: {error}", file=sys.stderr)
-        sys.exit(2 if error else 0)
-    if print_only:
-        if rank == 0:
-            print(config.dumps(cfg), end="")
-        sys.exit(0)
+    cfg = entry.read_config(world, argv, ServerModeConfig, config.validate_server_mode,
+                            prog="python -m mpisim.server_mode",
+                            description=(__doc__ or "").split("\n\n")[0])
     return cfg, make_layout(cfg)
 
 

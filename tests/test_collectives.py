@@ -14,7 +14,7 @@ def test_collectives_pass_on_four_ranks(mpirun):
                         str(ROOT / "tests" / "collectives")], timeout=180)
 
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert "5 passed" in result.stdout
+    assert "8 passed" in result.stdout
 
 
 def test_exception_on_one_rank_aborts_the_whole_job(mpirun):

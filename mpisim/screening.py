@@ -1,0 +1,267 @@
+"""BRIDGE screening: how a node combines its own model with its neighbours'.
+
+In the decentralized mode (BRIDGE, Algorithm 1) every node j broadcasts its
+model w_j(t) and receives w_i(t) from each neighbour i in N_j. Before its
+local step it replaces w_j(t) by a screened combination of its own vector and
+the m = |N_j| received ones. Every screen here is a pure function
+
+    fn(own, received, *, b) -> Tensor
+
+``own`` has shape (d,), ``received`` has shape (m, d) with one row per
+neighbour in ascending neighbour id, and b is the number of Byzantine
+neighbours the screen must tolerate. The result has shape (d,) and the dtype
+of the inputs; neither input is modified. The local gradient step of eq (7)
+is not part of the screen: the caller applies it to the result.
+
+Screens are looked up by their config name in :data:`SCREENS`. Each carries
+``fn.check(m, b)``, which returns a message naming the degree m and b when
+the screen cannot run on a node of degree m with tolerance b, and None
+otherwise; calling a screen on such a setting raises ``ValueError`` with that
+message (b is never lowered quietly). The bounds of the robust screens come
+from the checks of the matching rules in :mod:`mpisim.aggregators`.
+
+Non-finite input. The robust screens inherit the rule library's treatment of
+NaN, +/-inf and 1e30-scale rows: with at most b such rows among the received
+ones, the result is finite (as long as ``own`` is). ``dgd`` is not robust and
+passes them through.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import aggregators
+
+__all__ = [
+    "SCREENS",
+    "check",
+    "screen",
+    "bridge_t",
+    "bridge_m",
+    "bridge_k",
+    "bridge_b",
+    "dgd",
+    "local",
+]
+
+Tensor = torch.Tensor
+
+#: config name -> screen ``fn(own, received, *, b) -> Tensor``; each has ``fn.check(m, b)``.
+SCREENS: dict[str, Callable[..., Tensor]] = {}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _mb_problems(name: str, m: Any, b: Any) -> str | None:
+    if not _is_int(m) or m < 0:
+        return f"{name}: the degree m must be an integer >= 0, got m={m!r}"
+    if not _is_int(b) or b < 0:
+        return f"{name}: b must be an integer >= 0, got b={b!r}"
+    return None
+
+
+def _as_inputs(name: str, own: Any, received: Any) -> tuple[Tensor, Tensor]:
+    if not isinstance(own, torch.Tensor) or not isinstance(received, torch.Tensor):
+        raise TypeError(f"{name}: own and received must be torch.Tensors, got "
+                        f"{type(own).__name__} and {type(received).__name__}")
+    if own.dim() != 1:
+        raise ValueError(f"{name}: own must have shape (d,), got {tuple(own.shape)}")
+    d = own.shape[0]
+    if received.dim() != 2 or received.shape[1] != d:
+        raise ValueError(f"{name}: received must have shape (m, {d}) to match own, "
+                         f"got {tuple(received.shape)}")
+    if own.dtype not in (torch.float32, torch.float64) or received.dtype != own.dtype:
+        raise ValueError(f"{name}: own and received must both be float32 (or both float64), "
+                         f"got {own.dtype} and {received.dtype}")
+    if own.device.type != "cpu" or received.device.type != "cpu":
+        raise ValueError(f"{name}: own and received must live on the CPU")
+    return own.detach(), received.detach()
+
+
+def _register(name: str, *, check: Callable[[int, int], str | None]):
+    """Register a screen under its config name; adds ``fn.check(m, b)`` and
+    makes the function validate its inputs and (m, b) before it runs."""
+
+    def deco(impl: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        def check_fn(m: int, b: int) -> str | None:
+            return _mb_problems(name, m, b) or check(m, b)
+
+        @functools.wraps(impl)
+        def screen_fn(own: Tensor, received: Tensor, *, b: int) -> Tensor:
+            own, received = _as_inputs(name, own, received)
+            msg = check_fn(received.shape[0], b)
+            if msg:
+                raise ValueError(msg)
+            return impl(own, received, b=b)
+
+        screen_fn.check = check_fn
+        screen_fn.config_name = name
+        SCREENS[name] = screen_fn
+        return screen_fn
+
+    return deco
+
+
+def _rule_check(name: str, rule: str, bound: str, *, with_own: bool):
+    """check(m, b) of a screen that runs aggregator ``rule`` with f = b on
+    the m received rows (``with_own=False``) or on own + received, n = m + 1
+    rows. ``bound`` is the same condition written in m and b, for the message."""
+    rule_check = aggregators.REGISTRY[rule].check
+
+    def check_fn(m: int, b: int) -> str | None:
+        n = m + 1 if with_own else m
+        msg = rule_check(n, b)
+        if msg:
+            rows = "own + m received rows" if with_own else "the m received rows"
+            return f"{name}: needs degree {bound}, got m={m}, b={b} ({rule} on {rows}: {msg})"
+        return None
+
+    return check_fn
+
+
+def _with_own(own: Tensor, received: Tensor) -> Tensor:
+    """(m + 1, d): own as row 0, then the received rows (a new tensor)."""
+    return torch.cat((own.unsqueeze(0), received))
+
+
+# --------------------------------------------------------------------------
+# BRIDGE-T: the conference paper's screen (Algorithm 1, eqs 4-7)
+# --------------------------------------------------------------------------
+
+@_register("bridge_t", check=_rule_check("bridge_t", "cwtm", "m > 2b", with_own=False))
+def bridge_t(own: Tensor, received: Tensor, *, b: int) -> Tensor:
+    """BRIDGE-T: coordinate-wise trimmed mean of the neighbours, averaged with own.
+
+    own (d,), received (m, d) -> (d,). For each coordinate k, drop the b
+    smallest and the b largest of the m received values (the sets of eqs 4
+    and 5), add the node's own value to the m - 2b values kept (eq 6) and
+    divide by m - 2b + 1: eq (7) of BRIDGE without its gradient term
+    (Algorithm 1, line 9). The node's own value is never trimmed.
+
+    Needs m > 2b; m = 2b + 1 keeps a single neighbour value per coordinate,
+    averaged with own (divide by 2). b = 0 is the plain average of own and
+    all neighbours (``dgd``). The selection is the rule library's ``cwtm``
+    on the received rows (NaN counts as +inf and is trimmed from the top,
+    -inf from the bottom), so up to b non-finite or huge rows are trimmed
+    and cannot reach the result. Computed as a weighted average of own and
+    the mean of the kept values, which equals eq (7) up to rounding and
+    overflows no sooner than its inputs.
+    """
+    keep = received.shape[0] - 2 * b
+    kept_mean = aggregators.cwtm(received, f=b)
+    return torch.add(own * (1.0 / (keep + 1)), kept_mean, alpha=keep / (keep + 1))
+
+
+# --------------------------------------------------------------------------
+# Variants of the journal version (Fang, Yang, Bajwa, IEEE TSIPN 2022)
+# --------------------------------------------------------------------------
+# The conference text in /work/shared/papers defines only BRIDGE-T. The
+# journal version adds screens built on other robust rules; here each one
+# runs on the set {own} + received (m + 1 vectors) with f = b.
+
+@_register("bridge_m", check=_rule_check("bridge_m", "median", "m >= 2b", with_own=True))
+def bridge_m(own: Tensor, received: Tensor, *, b: int) -> Tensor:
+    """BRIDGE-M: coordinate-wise median of own and the received vectors.
+
+    own (d,), received (m, d) -> (d,). The input set is own + received
+    (m + 1 vectors), following the BRIDGE journal version (Fang, Yang,
+    Bajwa, IEEE TSIPN 2022); the conference paper defines only BRIDGE-T.
+    Per coordinate the one-dimensional median of the m + 1 values; for even
+    m + 1 the mean of the two middle values (the rule library's ``median``,
+    Yin et al.'s Definition 1). Needs m + 1 > 2b, i.e. m >= 2b.
+    """
+    return aggregators.median(_with_own(own, received), f=b)
+
+
+@_register("bridge_k", check=_rule_check("bridge_k", "krum", "m > 2b + 1", with_own=True))
+def bridge_k(own: Tensor, received: Tensor, *, b: int) -> Tensor:
+    """BRIDGE-K: the Krum choice among own and the received vectors.
+
+    own (d,), received (m, d) -> (d,), one of the m + 1 input vectors. The
+    input set is own + received (m + 1 vectors), following the BRIDGE
+    journal version (Fang, Yang, Bajwa, IEEE TSIPN 2022); the conference
+    paper defines only BRIDGE-T. Each vector's Krum score is the sum of its
+    squared distances to its n - f - 2 nearest other vectors, n = m + 1,
+    f = b (Blanchard et al. 2017); the vector with the smallest score is
+    returned (ties to the lower index: own, then the lower neighbour id).
+    Needs m + 1 > 2b + 2, i.e. m > 2b + 1. At the smallest degree with
+    b = 0 (m = 2) the score uses one neighbour, and two mutual nearest
+    vectors tie exactly.
+    """
+    return aggregators.krum(_with_own(own, received), f=b)
+
+
+@_register("bridge_b", check=_rule_check("bridge_b", "bulyan", "m >= 4b + 2", with_own=True))
+def bridge_b(own: Tensor, received: Tensor, *, b: int) -> Tensor:
+    """BRIDGE-B: Bulyan over own and the received vectors.
+
+    own (d,), received (m, d) -> (d,). The input set is own + received
+    (m + 1 vectors), following the BRIDGE journal version (Fang, Yang,
+    Bajwa, IEEE TSIPN 2022); the conference paper defines only BRIDGE-T.
+    Bulyan with n = m + 1 and f = b (El Mhamdi et al. 2018, as in the rule
+    library's ``bulyan``): pick n - 2b vectors by repeated Krum, then per
+    coordinate average the n - 4b picked values closest to their median.
+    Needs m + 1 >= 4b + 3, i.e. m >= 4b + 2.
+
+    Ties: the last picks score each vector over max(1, r - b - 2) nearest
+    others (r vectors left), which is 1 when b <= 2; two mutual nearest
+    vectors then tie exactly and the lower index wins (own, then the lower
+    neighbour id), so for b <= 2 the result may depend on the neighbours'
+    ids, not only on their vectors.
+    """
+    return aggregators.bulyan(_with_own(own, received), f=b)
+
+
+# --------------------------------------------------------------------------
+# Baselines
+# --------------------------------------------------------------------------
+
+@_register("dgd", check=lambda m, b: None)
+def dgd(own: Tensor, received: Tensor, *, b: int) -> Tensor:
+    """DGD: plain average of own and all received vectors (not robust).
+
+    own (d,), received (m, d) -> (d,). out = (own + sum_i w_i) / (m + 1),
+    eq (3) of BRIDGE with equal weights a_j = 1 / (m + 1) and without its
+    gradient term. b is accepted and ignored (any b >= 0); a single NaN or
+    huge row passes straight through. m = 0 returns a copy of own.
+    """
+    return received.sum(dim=0).add_(own).div_(received.shape[0] + 1)
+
+
+@_register("local", check=lambda m, b: None)
+def local(own: Tensor, received: Tensor, *, b: int) -> Tensor:
+    """Local only: return (a copy of) own, ignoring every received vector.
+
+    own (d,), received (m, d) -> (d,). The "local gradient descent / only
+    local data" baseline of BRIDGE, Section 5 (Tables 1 and 2): no
+    exchange contributes to the model. b is accepted and ignored.
+    """
+    return own.clone()
+
+
+# --------------------------------------------------------------------------
+# Lookup
+# --------------------------------------------------------------------------
+
+def check(name: str, m: int, b: int) -> str | None:
+    """Message explaining why screen ``name`` cannot run on a node of degree
+    m with tolerance b; None when it can."""
+    fn = SCREENS.get(name)
+    if fn is None:
+        return f"unknown screening {name!r}; known screenings: {', '.join(sorted(SCREENS))}"
+    return fn.check(m, b)
+
+
+def screen(name: str, own: Tensor, received: Tensor, *, b: int) -> Tensor:
+    """Run screen ``name`` on own (d,) and received (m, d); ``ValueError``
+    with the check's message for an unknown name or an impossible (m, b)."""
+    fn = SCREENS.get(name)
+    if fn is None:
+        raise ValueError(check(name, 0, 0))
+    return fn(own, received, b=b)

@@ -1,0 +1,128 @@
+"""Decentralized mode: the plan (pure) and python -m mpisim.decentralized for real (MPI tier)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mpisim import metrics
+from mpisim.decentralized import Plan, RankState
+
+ENTRY = ["-m", "mpisim.decentralized"]
+SMALL = ["--run.progress", "false", "--data.test_size", "300"]
+
+
+def ring_plus_chords(n):
+    adj = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        for step in (1, 2):
+            adj[i, (i + step) % n] = adj[(i + step) % n, i] = True
+    return adj
+
+
+def test_one_rank_reads_every_neighbour_from_memory():
+    plan = Plan(6, 6, frozenset({2}), True, ring_plus_chords(6))
+    state = RankState(plan, 0, d=3)
+
+    assert state.send_rows == {} and state.recv_keys == {}
+    # Node 2 (two-faced) has 4 neighbours: 4 message rows after the 6 models.
+    assert sorted(state.message_row) == [(2, 0), (2, 1), (2, 3), (2, 4)]
+    for k in range(6):
+        state.models[k].fill_(float(k))
+    for (i, j), row in state.message_row.items():
+        state.pool[row].fill_(100.0 + j)
+
+    received = state.received(0)[:, 0].tolist()  # neighbours of 0: 1, 2, 4, 5
+
+    assert received == [1.0, 100.0, 4.0, 5.0]
+
+
+def test_two_ranks_split_rows_and_keep_neighbour_order():
+    plan = Plan(6, 3, frozenset({4}), False, ring_plus_chords(6))
+    first, second = RankState(plan, 0, d=2), RankState(plan, 1, d=2)
+
+    # Rank 0 sends node 0 (neighbour of 4, 5), node 1 (of 5) and node 2 (of 3, 4): one row each.
+    assert first.send_rows == {1: [0, 1, 2]}
+    # Rank 1 sends node 3 (honest, model row 0) and Byzantine node 4 (its one message row) and node 5.
+    assert second.send_rows == {0: [0, 3, 2]}
+    assert second.recv_keys == {0: [(0, -1), (1, -1), (2, -1)]}
+
+
+pytestmark_processes = pytest.mark.processes
+
+
+def run_job(mpirun, tmp_path, nprocs, *args, name="run", timeout=240):
+    result = mpirun(nprocs, [*ENTRY, *SMALL, "--run.out_dir", str(tmp_path), "--run.name", name, *args],
+                    timeout=timeout)
+    return result, tmp_path / name
+
+
+@pytestmark_processes
+def test_entry_point_trains_and_reaches_consensus(mpirun, tmp_path):
+    result, run_dir = run_job(mpirun, tmp_path, 4, "--nodes.n", "8", "--nodes.per_rank", "2",
+                              "--screening.b", "1", "--byzantine.count", "1", "--graph.p", "0.8",
+                              "--run.rounds", "60", "--run.eval_every", "30", "--graph.redraw", "5")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "honest nodes' test accuracy" in result.stdout
+    records = metrics.read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [0, 30, 60]
+    assert records[-1]["accuracy_mean"] > 0.6
+    assert records[-1]["accuracy_min"] <= records[-1]["accuracy_mean"] <= records[-1]["accuracy_max"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["byzantine_ids"]) == 1 and summary["graph"]["ok"]
+    graph = json.loads((run_dir / "graph.json").read_text())
+    assert graph["report"]["min_honest_degree"] > 2
+    assert records[-1]["bytes_sent"] > 0
+
+
+@pytestmark_processes
+def test_packing_gives_the_same_models(mpirun, tmp_path):
+    common = ["--nodes.n", "6", "--screening.b", "1", "--byzantine.count", "1", "--byzantine.two_faced",
+              "true", "--graph.p", "0.9", "--graph.redraw", "5", "--run.rounds", "8",
+              "--run.eval_every", "4", "--run.save_model", "true", "--run.seed", "2"]
+    spread, spread_dir = run_job(mpirun, tmp_path, 6, *common, "--nodes.per_rank", "1", name="spread")
+    packed, packed_dir = run_job(mpirun, tmp_path, 3, *common, "--nodes.per_rank", "2", name="packed")
+
+    assert spread.returncode == 0, spread.stderr[-3000:]
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    a, b = np.load(spread_dir / "models.npy"), np.load(packed_dir / "models.npy")
+    byz = json.loads((spread_dir / "summary.json").read_text())["byzantine_ids"]
+    honest = [j for j in range(6) if j not in byz]
+    assert np.abs(a[honest]).sum() > 0
+    np.testing.assert_allclose(a[honest], b[honest], rtol=1e-5, atol=1e-7)
+    la = metrics.read_jsonl(spread_dir / "metrics.jsonl")
+    lb = metrics.read_jsonl(packed_dir / "metrics.jsonl")
+    np.testing.assert_allclose([r["loss_mean"] for r in la], [r["loss_mean"] for r in lb], rtol=1e-5)
+
+
+@pytestmark_processes
+@pytest.mark.parametrize("args, words", [
+    (["--screening.b", "3"], "screening.b"),                        # 2b >= n - 1 with n = 6
+    (["--graph.p", "1.5"], "graph.p"),
+    (["--graph.p", "0.2", "--screening.b", "2"], "graph error"),     # too sparse for b = 2
+    (["--nodes.per_rank", "1"], "need 6 MPI ranks"),
+    (["--byzantine.fault", "alie"], "byzantine.fault"),
+])
+def test_bad_input_exits_on_every_rank_with_one_message(mpirun, tmp_path, args, words):
+    result, run_dir = run_job(mpirun, tmp_path, 3, "--nodes.n", "6", "--nodes.per_rank", "2", *args,
+                              timeout=120)
+
+    assert result.returncode != 0
+    assert result.stderr.count("mpisim: ") == 1, result.stderr
+    assert words in result.stderr
+    assert not run_dir.exists()
+
+
+def test_bridge_t_step_matches_eq_7_by_hand():
+    # One node with 3 neighbours, b = 1: drop the smallest and largest
+    # neighbour value per coordinate, average the middle one with its own.
+    from mpisim import screening
+
+    own = torch.tensor([1.0, 10.0])
+    received = torch.tensor([[0.0, 40.0], [5.0, 20.0], [-7.0, 30.0]])
+
+    screened = screening.SCREENS["bridge_t"](own, received, b=1)
+
+    torch.testing.assert_close(screened, torch.tensor([(1.0 + 0.0) / 2, (10.0 + 30.0) / 2]))
