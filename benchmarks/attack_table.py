@@ -15,9 +15,7 @@ printed in Markdown for the README.
 
 from __future__ import annotations
 
-import argparse
-
-from common import MNIST_DIR, accuracy_cell, machine, markdown_table, run_grid, save_json
+from common import rule_by_fault_table
 
 N, F, STEP = 10, 2, 0.1
 
@@ -36,43 +34,11 @@ RULES = {  # column label -> extra arguments
     "nnm+cwtm": ["--aggregator.name", "cwtm", "--aggregator.pre", "nnm"],
 }
 ATTACKS = ["none", "sign_flip", "random", "label_flip", "alie", "ipm", "mimic", "nan"]
-OUT = "attack_table.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--per-rank", type=int, default=5, help="agents per rank (10 agents)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="", help="comma-separated rule labels to run")
-    parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
-    args = parser.parse_args()
-
-    settings = {"rounds": args.rounds, "per_rank": args.per_rank, "seed": args.seed}
-    wanted = [r for r in RULES if not args.only or r in args.only.split(",")]
-    cells = {
-        f"{rule}|{attack}": [
-            "--data.name", "mnist", "--data.root", str(MNIST_DIR),
-            "--agents.n", str(N), "--agents.per_rank", str(args.per_rank), "--data.batch_size", "16",
-            "--aggregator.f", str(F), "--optim.lr", str(STEP), *RULES[rule],
-            "--byzantine.fault", attack, "--byzantine.count", str(F), "--byzantine.ids", "0,1",
-            "--run.rounds", str(args.rounds), "--run.eval_every", str(max(1, args.rounds // 5)),
-            "--run.seed", str(args.seed),
-        ]
-        for rule in wanted for attack in ATTACKS
-    }
-    results = run_grid(OUT, cells, nprocs=1 + -(-N // args.per_rank), settings=settings,
-                       fresh=args.fresh)
-
-    table = markdown_table(["attack \\ rule", *RULES],
-                           [[attack, *[accuracy_cell(results.get(f"{rule}|{attack}")) for rule in RULES]]
-                            for attack in ATTACKS])
-    print(f"\nfinal test accuracy (%) after {args.rounds} rounds, MNIST test set (10,000):\n")
-    print(table)
-    save_json(OUT, {
-        "benchmark": "rule x attack, LeNet-MNIST, n=10, f=2 (agents 0 and 1), k=16, step 0.1 (mean scale)",
-        "command": f"python benchmarks/attack_table.py --rounds {args.rounds} --per-rank {args.per_rank}",
-        "machine": machine(), "cells": results, "table": table})
+    rule_by_fault_table("attack_table.py", "attack_table.json", __doc__.split("\n\n")[0],
+                        rules=RULES, faults=ATTACKS, n=N, f=F, step=STEP, default_rounds=300)
 
 
 if __name__ == "__main__":

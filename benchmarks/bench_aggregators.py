@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_aggregators.py --quick    # small subset
 
 Grid: n in {10, 50, 100} rows, d in {10^4, 431,080, 10^6} columns (431,080
-is the CIFAR-10 CNN of the CGE paper's experiments), float32 standard-normal
+is the CGE paper's LeNet on MNIST), float32 standard-normal
 rows. f = floor((n - 1) / 4), lowered to the largest f the rule accepts where
 it accepts less (bulyan: n >= 4f + 3). Each time is the median of several
 calls after one warm-up call. A combination whose warm-up call exceeds the
@@ -20,14 +20,12 @@ log t = a + b log n + c log d for every rule.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
-import tempfile
+import io
 import time
 from pathlib import Path
 
@@ -37,7 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import machine  # noqa: E402
 from mpisim import aggregators as A  # noqa: E402
+from mpisim.metrics import atomic_write  # noqa: E402
 
 FULL_N = (10, 50, 100)
 FULL_D = (10_000, 431_080, 1_000_000)
@@ -56,40 +56,6 @@ def choose_f(check, n: int) -> int:
     while f > 0 and check(n, f) is not None:
         f -= 1
     return f
-
-
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "load_average_at_start": os.getloadavg(),
-    }
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)          # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def time_call(fn, *, budget_s: float, min_reps: int, max_reps: int) -> tuple[list[float], str]:
@@ -158,16 +124,10 @@ def plot(rows: list[dict], path: Path) -> None:
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("mpisim.aggregators: time per call (median, 1 thread) vs n * d")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     rules = [r for r in wanted if r in A.REGISTRY]
     pres = [r.removeprefix("pre:") for r in wanted if r.startswith("pre:")]
 
-    machine_info_at_start = machine_info()
+    machine_info_at_start = {**machine(), "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
+                             "load_average_at_start": os.getloadavg()}
     rows = []
     header = f"{'rule':16s} {'n':>4s} {'d':>9s} {'f':>3s} {'median ms':>11s} {'reps':>4s}  status"
     print(header)
@@ -249,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     prefix.parent.mkdir(parents=True, exist_ok=True)
     json_path = prefix.with_suffix(".json")
-    atomic_write_bytes(json_path, (json.dumps(payload, indent=1) + "\n").encode())
+    atomic_write(json_path, json.dumps(payload, indent=1) + "\n")
     png_path = prefix.with_suffix(".png")
     plot(rows, png_path)
     print(f"\nwrote {json_path} and {png_path}")

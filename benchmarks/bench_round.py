@@ -25,7 +25,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import MNIST_DIR, machine, markdown_table, run_server_mode, save_json
+from common import MNIST_DIR, machine, markdown_table, run_job, save_json
 
 PACKINGS = [  # (agents per rank, MPI ranks)
     (1, 11),
@@ -71,7 +71,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for per_rank, nprocs in PACKINGS:
-            summary = run_server_mode(nprocs, [
+            summary = run_job(nprocs, [
                 "--data.name", "mnist", "--data.root", str(MNIST_DIR), "--agents.n", "10",
                 "--agents.per_rank", str(per_rank), "--data.batch_size", "16",
                 "--aggregator.name", args.aggregator, "--aggregator.f", "1",

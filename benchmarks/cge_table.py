@@ -22,9 +22,7 @@ printed in Markdown for the README.
 
 from __future__ import annotations
 
-import argparse
-
-from common import MNIST_DIR, accuracy_cell, machine, markdown_table, run_grid, save_json
+from common import rule_by_fault_table
 
 N, F, STEP = 10, 1, 0.1
 
@@ -37,43 +35,11 @@ FILTERS = {  # column label -> extra arguments
     "multikrum (m=2)": ["--aggregator.name", "multikrum", "--aggregator.params.m", "2"],
 }
 FAULTS = ["none", "gradient_reverse", "coordinate_wise", "norm_confusing", "label_flip", "random"]
-OUT = "cge_table.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=500)
-    parser.add_argument("--per-rank", type=int, default=5, help="agents per rank (10 agents)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="", help="comma-separated filter labels to run")
-    parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
-    args = parser.parse_args()
-
-    settings = {"rounds": args.rounds, "per_rank": args.per_rank, "seed": args.seed}
-    wanted = [f for f in FILTERS if not args.only or f in args.only.split(",")]
-    cells = {
-        f"{label}|{fault}": [
-            "--data.name", "mnist", "--data.root", str(MNIST_DIR),
-            "--agents.n", str(N), "--agents.per_rank", str(args.per_rank), "--data.batch_size", "16",
-            "--aggregator.f", str(F), "--optim.lr", str(STEP), *FILTERS[label],
-            "--byzantine.fault", fault, "--byzantine.count", "1", "--byzantine.ids", "0",
-            "--run.rounds", str(args.rounds), "--run.eval_every", str(max(1, args.rounds // 5)),
-            "--run.seed", str(args.seed),
-        ]
-        for label in wanted for fault in FAULTS
-    }
-    results = run_grid(OUT, cells, nprocs=1 + -(-N // args.per_rank), settings=settings,
-                       fresh=args.fresh)
-
-    table = markdown_table(["fault \\ filter", *FILTERS],
-                           [[fault, *[accuracy_cell(results.get(f"{label}|{fault}")) for label in FILTERS]]
-                            for fault in FAULTS])
-    print(f"\nfinal test accuracy (%) after {args.rounds} rounds, MNIST test set (10,000):\n")
-    print(table)
-    save_json(OUT, {
-        "benchmark": "CGE paper Figures 2-3: filter x fault, LeNet-MNIST, n=10, k=16, f=1, step 0.1",
-        "command": f"python benchmarks/cge_table.py --rounds {args.rounds} --per-rank {args.per_rank}",
-        "machine": machine(), "cells": results, "table": table})
+    rule_by_fault_table("cge_table.py", "cge_table.json", __doc__.split("\n\n")[0],
+                        rules=FILTERS, faults=FAULTS, n=N, f=F, step=STEP, default_rounds=500)
 
 
 if __name__ == "__main__":

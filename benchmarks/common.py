@@ -52,10 +52,13 @@ def save_json(name: str, payload: dict) -> Path:
     return path
 
 
-def run_server_mode(nprocs: int, args: list[str], *, out_dir: Path, name: str,
-                    timeout: float = 3600) -> dict:
-    """Run one server-mode job and return its summary.json (raises on failure)."""
-    full = ["-m", "mpisim.server_mode", *args, "--run.out_dir", str(out_dir), "--run.name", name,
+def run_job(nprocs: int, args: list[str], *, out_dir: Path, name: str,
+                    timeout: float = 3600, module: str = "mpisim.server_mode") -> dict:
+    """Run one job (server mode unless ``module`` says otherwise); return its summary.json.
+
+    Raises RuntimeError with the job's output on failure.
+    """
+    full = ["-m", module, *args, "--run.out_dir", str(out_dir), "--run.name", name,
             "--run.progress", "false"]
     result = launcher.run(nprocs, full, timeout=timeout, cwd=ROOT)
     if result.returncode != 0:
@@ -72,12 +75,14 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, settings: dict,
-             fresh: bool = False) -> dict:
+             fresh: bool = False, module: str = "mpisim.server_mode", keep=None) -> dict:
     """Run one server-mode job per cell, keeping results in benchmarks/results/OUT_NAME.
 
     ``cells`` maps a key to the job's arguments. A cell already in the file
     with the same ``settings`` is not run again (a long sweep can be resumed);
-    the file is rewritten after every cell. Returns {key: result}.
+    the file is rewritten after every cell. ``keep(summary, records)`` picks
+    what to store of a job (default: the server mode's final accuracy and
+    curve). Returns {key: result}.
     """
     import tempfile
 
@@ -88,19 +93,22 @@ def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, setting
             if key in done and done[key].get("settings") == settings:
                 continue
             name = "".join(c if c.isalnum() else "-" for c in key)
-            summary = run_server_mode(nprocs, args, out_dir=Path(tmp), name=name)
-            curve = metrics.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
-            done[key] = {
-                "settings": settings,
-                "final_test_accuracy": summary["final"]["test_accuracy"],
-                "final_test_loss": summary["final"]["test_loss"],
-                "rounds_per_second": summary["rounds_per_second"],
-                "curve": [(r["round"], r["test_accuracy"]) for r in curve],
-            }
+            summary = run_job(nprocs, args, out_dir=Path(tmp), name=name, module=module)
+            records = metrics.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
+            done[key] = {"settings": settings, **(keep or _keep_server)(summary, records)}
             acc = done[key]["final_test_accuracy"]
             print(f"  {key:<45} {'diverged' if acc is None else f'{100 * acc:.2f}%'}", flush=True)
             save_json(out_name, {"cells": done})
     return done
+
+
+def _keep_server(summary: dict, records: list[dict]) -> dict:
+    return {
+        "final_test_accuracy": summary["final"]["test_accuracy"],
+        "final_test_loss": summary["final"]["test_loss"],
+        "rounds_per_second": summary["rounds_per_second"],
+        "curve": [(r["round"], r["test_accuracy"]) for r in records],
+    }
 
 
 def accuracy_cell(result: dict | None) -> str:
@@ -108,3 +116,48 @@ def accuracy_cell(result: dict | None) -> str:
         return "-"
     acc = result["final_test_accuracy"]
     return "diverged" if acc is None else f"{100 * acc:.1f}"
+
+
+def rule_by_fault_table(script: str, out_name: str, description: str, *, rules: dict[str, list[str]],
+                        faults: list[str], n: int, f: int, step: float, default_rounds: int) -> None:
+    """Command line, runs and Markdown table of a server-mode sweep: every rule under every fault.
+
+    LeNet on MNIST, ``n`` agents with k = 16, agents 0..f-1 faulty, every rule
+    set to tolerate ``f``, step ``step`` (``rules`` may override it). Shared
+    by cge_table.py and attack_table.py.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=default_rounds)
+    parser.add_argument("--per-rank", type=int, default=5, help=f"agents per rank ({n} agents)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help="comma-separated rule labels to run")
+    parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
+    args = parser.parse_args()
+
+    settings = {"rounds": args.rounds, "per_rank": args.per_rank, "seed": args.seed}
+    wanted = [r for r in rules if not args.only or r in args.only.split(",")]
+    cells = {
+        f"{rule}|{fault}": [
+            "--data.name", "mnist", "--data.root", str(MNIST_DIR),
+            "--agents.n", str(n), "--agents.per_rank", str(args.per_rank), "--data.batch_size", "16",
+            "--aggregator.f", str(f), "--optim.lr", str(step), *rules[rule],
+            "--byzantine.fault", fault, "--byzantine.count", str(f),
+            "--byzantine.ids", ",".join(str(i) for i in range(f)),
+            "--run.rounds", str(args.rounds), "--run.eval_every", str(max(1, args.rounds // 5)),
+            "--run.seed", str(args.seed),
+        ]
+        for rule in wanted for fault in faults
+    }
+    results = run_grid(out_name, cells, nprocs=1 + -(-n // args.per_rank), settings=settings,
+                       fresh=args.fresh)
+    table = markdown_table(["fault \\ rule", *rules],
+                           [[fault, *[accuracy_cell(results.get(f"{rule}|{fault}")) for rule in rules]]
+                            for fault in faults])
+    print(f"\nfinal test accuracy (%) after {args.rounds} rounds, MNIST test set (10,000):\n")
+    print(table)
+    save_json(out_name, {
+        "benchmark": description,
+        "command": f"python benchmarks/{script} --rounds {args.rounds} --per-rank {args.per_rank}",
+        "machine": machine(), "cells": results, "table": table})

@@ -196,13 +196,8 @@ class Byzantine:
 def make_plan(cfg: DecentralizedConfig) -> tuple[Plan, topology.GraphReport, int]:
     """Byzantine set, graph and its check; the same on every rank (raises GraphError)."""
     byz = cfg.byzantine
-    if byz.fault == "none" or byz.count == 0:
-        ids: tuple[int, ...] = ()
-    elif byz.ids:
-        ids = tuple(sorted(byz.ids))
-    else:
-        rng = seeding.numpy_generator(cfg.run.seed, seeding.BYZANTINE)
-        ids = tuple(sorted(int(i) for i in rng.choice(cfg.nodes.n, byz.count, replace=False)))
+    faulty = byz.fault != "none" and byz.count > 0
+    ids = seeding.byzantine_ids(cfg.run.seed, cfg.nodes.n, byz.count, byz.ids) if faulty else ()
     b = cfg.screening.b if cfg.screening.name != "local" else 0
     adj, report, attempt = topology.draw_checked(
         cfg.nodes.n, cfg.graph.p, b=b, byzantine=ids, seed=cfg.run.seed, redraw=cfg.graph.redraw,
@@ -460,8 +455,9 @@ def _print_summary(s: dict) -> None:
           f"ranks, screening {s['screening']} (b={s['b']}), fault {s['fault']}"
           + (f" on nodes {byz}" + (" (two-faced)" if s["two_faced"] else "") if byz else ""))
     graph = s["graph"]
+    how = graph["assumption4_detail"].split(":")[0]
     print(f"  graph: p={graph['p']}, min honest degree {graph['min_honest_degree']}, "
-          f"Assumption 4 {graph['assumption4']}")
+          f"Assumption 4 {graph['assumption4']}" + (f" ({how})" if how else ""))
 
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.2f}%"

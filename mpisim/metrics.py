@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, content: str | bytes) -> None:
     """Replace ``path`` with ``content`` so that readers see the old or the new file, never a part."""
     path = Path(path)
@@ -33,6 +37,7 @@ def atomic_write(path: str | os.PathLike, content: str | bytes) -> None:
             stream.write(content.encode("utf-8") if isinstance(content, str) else content)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -32,3 +32,11 @@ def torch_generator(seed: int, *key: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(int(state[0]) << 32 | int(state[1]))
     return gen
+
+
+def byzantine_ids(seed: int, n: int, count: int, listed=()) -> tuple[int, ...]:
+    """The faulty agents or nodes: ``listed`` if given, else ``count`` ids drawn from the seed."""
+    if listed:
+        return tuple(sorted(int(i) for i in listed))
+    rng = numpy_generator(seed, BYZANTINE)
+    return tuple(sorted(int(i) for i in rng.choice(n, count, replace=False)))

@@ -71,13 +71,8 @@ class Layout:
 
 def make_layout(cfg: ServerModeConfig) -> Layout:
     byz = cfg.byzantine
-    if byz.fault == "none" or byz.count == 0:
-        ids: tuple[int, ...] = ()
-    elif byz.ids:
-        ids = tuple(sorted(byz.ids))
-    else:
-        rng = seeding.numpy_generator(cfg.run.seed, seeding.BYZANTINE)
-        ids = tuple(sorted(int(i) for i in rng.choice(cfg.agents.n, byz.count, replace=False)))
+    faulty = byz.fault != "none" and byz.count > 0
+    ids = seeding.byzantine_ids(cfg.run.seed, cfg.agents.n, byz.count, byz.ids) if faulty else ()
     return Layout(cfg.agents.n, cfg.agents.per_rank, ids)
 
 

@@ -129,3 +129,14 @@ def test_error_during_the_run_aborts_the_job(mpirun, tmp_path):
 
     assert result.returncode != 0
     assert "uncaught DataError, aborting the job" in result.stderr
+
+
+@pytest.mark.parametrize("fault, rule", [("nan", "cwtm"), ("huge", "cge")])
+def test_non_finite_messages_cannot_break_a_robust_server(mpirun, tmp_path, fault, rule):
+    result, run_dir = run_job(mpirun, tmp_path, 3, "--agents.n", "4", "--agents.per_rank", "2",
+                              "--byzantine.fault", fault, "--aggregator.name", rule,
+                              "--run.rounds", "5", "--run.eval_every", "5", "--run.save_model", "true")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert np.isfinite(np.load(run_dir / "model.npy")).all()
+    assert metrics.read_jsonl(run_dir / "metrics.jsonl")[-1]["test_loss"] is not None
