@@ -193,6 +193,22 @@ class Byzantine:
             self.state.pool.index_copy_(0, rows, messages.to(torch.float32))
 
 
+def screen_all(state: RankState, screen, *, b: int, exchanging: bool, out: torch.Tensor) -> None:
+    """``out[k]``: what node k of this rank screens out of its own and its neighbours' models.
+
+    Byzantine nodes only broadcast: their own model just takes local steps
+    (faults such as sign_flip start from it), since the graph check only
+    guarantees honest nodes enough neighbours to screen. Without exchange
+    (the local baseline) every node keeps its own model.
+    """
+    for k, j in enumerate(state.nodes):
+        own = state.models[k]
+        if exchanging and j not in state.plan.byzantine:
+            out[k] = screen(own, state.received(j), b=b)
+        else:
+            out[k] = own
+
+
 def make_plan(cfg: DecentralizedConfig) -> tuple[Plan, topology.GraphReport, int]:
     """Byzantine set, graph and its check; the same on every rank (raises GraphError)."""
     byz = cfg.byzantine
@@ -280,9 +296,7 @@ def run_rank(world: MPI.Comm, cfg: DecentralizedConfig, plan: Plan, report: topo
             with timer("exchange"):
                 state.exchange.exchange(state.pool.numpy(), state.incoming.numpy(), traffic=traffic)
         with timer("screening"):
-            for k, j in enumerate(nodes):
-                own = state.models[k]
-                fresh[k] = screen(own, state.received(j), b=b) if exchanging else own
+            screen_all(state, screen, b=b, exchanging=exchanging, out=fresh)
             if step is not None:
                 fresh.sub_(grads, alpha=step)
             state.models.copy_(fresh)

@@ -126,3 +126,26 @@ def test_bridge_t_step_matches_eq_7_by_hand():
     screened = screening.SCREENS["bridge_t"](own, received, b=1)
 
     torch.testing.assert_close(screened, torch.tensor([(1.0 + 0.0) / 2, (10.0 + 30.0) / 2]))
+
+
+def test_a_byzantine_node_with_few_neighbours_does_not_screen():
+    # Node 4 is Byzantine with a single neighbour: too few for b = 1, which
+    # the graph check only guarantees for honest nodes.
+    from mpisim import screening
+    from mpisim.decentralized import screen_all
+
+    adj = np.zeros((5, 5), dtype=bool)
+    for i, j in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (0, 4)]:
+        adj[i, j] = adj[j, i] = True
+    plan = Plan(5, 5, frozenset({4}), False, adj)
+    state = RankState(plan, 0, d=1)
+    for k, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0]):
+        state.models[k].fill_(value)
+    state.pool[state.message_row[(4, -1)]].fill_(100.0)
+    out = torch.zeros(5, 1)
+
+    screen_all(state, screening.SCREENS["bridge_t"], b=1, exchanging=True, out=out)
+
+    # Node 0 hears 2, 3, 4 and 100: drops 2 and 100, averages 3 and 4 with its own 1;
+    # node 1 hears 1, 3, 4: keeps 3. The Byzantine node keeps its own 5.
+    torch.testing.assert_close(out[:, 0], torch.tensor([8 / 3, 2.5, 2.5, 3.0, 5.0]))
