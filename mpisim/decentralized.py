@@ -474,7 +474,7 @@ def _print_summary(s: dict) -> None:
           f"Assumption 4 {graph['assumption4']}" + (f" ({how})" if how else ""))
 
     def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}%"
+        return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
 
     print(f"  honest nodes' test accuracy: mean {pct(final.get('accuracy_mean'))}, "
           f"min {pct(final.get('accuracy_min'))}, max {pct(final.get('accuracy_max'))}")

@@ -251,7 +251,13 @@ class FlatModel:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
-        """Mean loss and accuracy of the current model on (x, y)."""
+        """Mean loss and accuracy of the current model on (x, y); both NaN if it is not finite.
+
+        A model with a NaN or infinite parameter predicts nothing (the argmax of
+        NaN logits is class 0, which would read as a chance-level accuracy).
+        """
+        if not bool(torch.isfinite(self.flat).all()):
+            return float("nan"), float("nan")
         total_loss, correct = 0.0, 0
         for start in range(0, len(y), batch_size):
             logits = self.module(x[start:start + batch_size])

@@ -182,6 +182,7 @@ def run_server(world: MPI.Comm, cfg: ServerModeConfig, layout: Layout) -> dict:
         "f": agg.f,
         "fault": cfg.byzantine.fault if layout.byzantine else "none",
         "final": {k: last[k] for k in ("round", "train_loss", "test_loss", "test_accuracy")},
+        "diverged": not math.isfinite(last["test_loss"]),
         "test_samples": len(y_test),
         "setup_seconds": setup_time,
         "loop_seconds": loop_time,
@@ -347,16 +348,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     agents_comm = mpi.split(world, None if rank == SERVER else 1, key=rank)
     if rank == SERVER:
         summary = run_server(world, cfg, layout)
-        _print_summary(summary)
+        _print_summary(summary, cfg)
     else:
         run_agent(world, agents_comm, cfg, layout)
     return 0
 
 
-def _print_summary(s: dict) -> None:
+def _print_summary(s: dict, cfg: ServerModeConfig) -> None:
     final = s["final"]
     acc = final["test_accuracy"]
-    acc_text = f"{100 * acc:.2f}%" if acc is not None else "n/a (model not finite)"
+    acc_text = f"{100 * acc:.2f}%" if acc is not None and math.isfinite(acc) else "n/a (model not finite)"
     byz = s["byzantine_ids"]
     print(f"mpisim server mode: {s['rounds']} rounds of {s['n']} agents on {s['world_size'] - 1} "
           f"agent ranks, filter {s['aggregator']} (f={s['f']}), fault {s['fault']}"
@@ -365,6 +366,13 @@ def _print_summary(s: dict) -> None:
           f"test loss {final['test_loss'] if final['test_loss'] is not None else float('nan'):.4f}")
     print(f"  wall time {s['loop_seconds']:.1f} s for the rounds ({s['rounds_per_second']:.2f} rounds/s)"
           f" + {s['setup_seconds']:.1f} s set-up")
+    if s["diverged"]:
+        hint = "lower --optim.lr"
+        if s["aggregator"] == "cge" and cfg.aggregator.params.get("reduce", "sum") == "sum":
+            hint += (f", or average instead of summing with --aggregator.params.reduce mean (cge sums the "
+                     f"n - f = {s['n'] - s['f']} kept gradients, so its step is {s['n'] - s['f']} times that "
+                     f"of an average)")
+        print(f"  the model diverged (test loss not finite): {hint}")
     print(f"  results: {s['run_dir']}/ (config.toml, metrics.jsonl, summary.json)")
     sys.stdout.flush()
 

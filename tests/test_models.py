@@ -1,5 +1,7 @@
 """Models over one flat parameter buffer."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,17 @@ def test_evaluate_counts_correct_predictions():
 
     assert accuracy == pytest.approx(4 / 7)
     assert loss == pytest.approx(F.cross_entropy(model.module(x), labels).item(), rel=1e-5)
+
+
+def test_a_model_that_is_not_finite_has_no_accuracy():
+    # Its logits are NaN; their argmax (class 0) must not read as chance-level accuracy.
+    model = models.build("linear", input_shape=(1, 28, 28), num_classes=10, seed=0)
+    x, labels = torch.randn(5, 1, 28, 28), torch.zeros(5, dtype=torch.long)
+    model.flat[3] = float("nan")
+
+    loss, accuracy = model.evaluate(x, labels)
+
+    assert math.isnan(loss) and math.isnan(accuracy)
 
 
 def test_unknown_model_is_named():

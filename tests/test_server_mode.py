@@ -140,3 +140,16 @@ def test_non_finite_messages_cannot_break_a_robust_server(mpirun, tmp_path, faul
     assert result.returncode == 0, result.stderr[-3000:]
     assert np.isfinite(np.load(run_dir / "model.npy")).all()
     assert metrics.read_jsonl(run_dir / "metrics.jsonl")[-1]["test_loss"] is not None
+
+
+def test_a_diverged_run_says_so_and_how_to_avoid_it(mpirun, tmp_path):
+    # CGE sums the n - f kept gradients: at step 1 on LeNet that blows up.
+    result, run_dir = run_job(mpirun, tmp_path, 3, "--agents.n", "4", "--agents.per_rank", "2",
+                              "--aggregator.name", "cge", "--optim.lr", "1000",
+                              "--run.rounds", "4", "--run.eval_every", "4")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "n/a (model not finite)" in result.stdout or "test loss nan" in result.stdout
+    assert "the model diverged" in result.stdout and "--aggregator.params.reduce mean" in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["diverged"] is True and summary["final"]["test_loss"] is None
