@@ -343,12 +343,10 @@ def run_rank(world: MPI.Comm, cfg: DecentralizedConfig, plan: Plan, report: topo
             exchange_and_screen(step=rho)
         if t + 1 in eval_at:
             last = evaluate(t + 1) or last
-            if progress is not None and last:
+            if last:
                 progress.set_postfix(acc=f"{last['accuracy_mean']:.4f}", refresh=False)
-        if progress is not None:
-            progress.update(1)
-    if progress is not None:
-        progress.close()
+        progress.update(1)
+    progress.close()
     loop_time = time.perf_counter() - loop_start
     per_rank = world.gather({"rank": rank, "nodes": nodes, "peak_rss": metrics.peak_rss_bytes(),
                              "phases": timer.totals, "traffic": traffic.as_dict()}, root=ROOT)

@@ -52,9 +52,8 @@ def read_config(world: mpi.MPI.Comm, argv: Sequence[str] | None, cls, validate: 
 
 
 def progress_bar(total: int, show: bool, unit: str = "round"):
-    """A tqdm bar on stderr, or None; shown only when ``show`` and stderr is a terminal."""
-    if not show:
-        return None
+    """A tqdm bar on stderr, shown only when ``show`` and stderr is a terminal (else a silent one)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=unit, disable=None, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    return tqdm(total=total, unit=unit, disable=None if show else True, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)

@@ -159,12 +159,9 @@ def run_server(world: MPI.Comm, cfg: ServerModeConfig, layout: Layout) -> dict:
             per_agent = dict(pair for losses, _ in reports for pair in losses)
             train_loss = float(np.mean([per_agent[i] for i in honest_rows])) if honest_rows else None
             last = evaluate(round_, train_loss, [t for _, t in reports])
-            if progress is not None:
-                progress.set_postfix(acc=f"{last['test_accuracy']:.4f}", refresh=False)
-        if progress is not None:
-            progress.update(1)
-    if progress is not None:
-        progress.close()
+            progress.set_postfix(acc=f"{last['test_accuracy']:.4f}", refresh=False)
+        progress.update(1)
+    progress.close()
     loop_time = time.perf_counter() - loop_start
 
     per_rank = world.gather({"rank": SERVER, "peak_rss": metrics.peak_rss_bytes(),
