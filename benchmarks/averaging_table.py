@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated filter labels to run")
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
+    parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
     args = parser.parse_args()
 
     wanted = [name for name in FILTERS if not args.only or name in args.only.split(",")]
@@ -79,7 +80,8 @@ def main() -> None:
     }
     settings = {"rounds": args.rounds, "per_rank": args.per_rank, "seed": args.seed}
     results = run_grid("averaging_table.json", cells, nprocs=1 + -(-N // args.per_rank),
-                       settings=settings, fresh=args.fresh, keep=keep)
+                       settings=settings, fresh=args.fresh, keep=keep,
+                       check_only=args.check)
     table = markdown_table(
         ["filter", "f", *[f"alpha = {alpha}" for alpha in ALPHAS]],
         [[name, f, *[cell_text(results.get(f"{name}|f={f}|alpha={alpha}")) for alpha in ALPHAS]]

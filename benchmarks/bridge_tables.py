@@ -82,7 +82,8 @@ def table1(args) -> None:
     cells = {label: [*common, *extra] for label, (_, extra) in rows.items()}
     settings = {"iterations": args.iterations, "ranks": args.ranks, "seed": args.seed}
     results = run_grid("bridge_table1.json", cells, nprocs=args.ranks, settings=settings,
-                       fresh=args.fresh, module=DECENTRALIZED, keep=keep)
+                       fresh=args.fresh, module=DECENTRALIZED, keep=keep,
+                       check_only=args.check)
     table = markdown_table(
         ["algorithm", "Byzantine", "accuracy (mean / min over honest nodes)", "consensus", "paper"],
         [[label, "10" if "10 Byzantine" in label else "0",
@@ -117,7 +118,8 @@ def table2(args) -> None:
              for seed in range(args.trials) for label, (_, extra) in rows.items()}
     settings = {"iterations": args.iterations, "ranks": args.ranks}
     results = run_grid("bridge_table2.json", cells, nprocs=args.ranks, settings=settings,
-                       fresh=args.fresh, module=DECENTRALIZED, keep=keep)
+                       fresh=args.fresh, module=DECENTRALIZED, keep=keep,
+                       check_only=args.check)
     lines = []
     for label, (paper, _) in rows.items():
         trials = [results[f"{label}|seed {s}"] for s in range(args.trials) if f"{label}|seed {s}" in results]
@@ -145,6 +147,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5, help="table2: independent trials")
     parser.add_argument("--seed", type=int, default=0, help="table1: the run's seed")
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
+    parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
     args = parser.parse_args()
     if args.table == "table1":
         args.iterations = args.iterations or 500

@@ -74,17 +74,45 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, settings: dict,
-             fresh: bool = False, module: str = "mpisim.server_mode", keep=None) -> dict:
-    """Run one server-mode job per cell, keeping results in benchmarks/results/OUT_NAME.
+def check_jobs(cells: dict[str, list[str]], *, nprocs: int, module: str = "mpisim.server_mode") -> None:
+    """Parse and validate every job's configuration here, before any job starts.
 
-    ``cells`` maps a key to the job's arguments. A cell already in the file
-    with the same ``settings`` is not run again (a long sweep can be resumed);
-    the file is rewritten after every cell. ``keep(summary, records)`` picks
-    what to store of a job (default: the server mode's final accuracy and
-    curve). Returns {key: result}.
+    Exits with the job's key and the config error (field and constraint) if
+    one of them could not run on ``nprocs`` ranks.
+    """
+    from mpisim import config
+
+    cls, validate = {
+        "mpisim.server_mode": (config.ServerModeConfig, config.validate_server_mode),
+        "mpisim.decentralized": (config.DecentralizedConfig, config.validate_decentralized),
+    }[module]
+    for key, args in cells.items():
+        try:
+            cfg, _ = config.parse_args(cls, args, prog=module, description="")
+            validate(cfg, nprocs)
+        except config.ConfigError as exc:
+            raise SystemExit(f"benchmark job {key!r}: config error: {exc}") from None
+
+
+def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, settings: dict,
+             fresh: bool = False, module: str = "mpisim.server_mode", keep=None,
+             check_only: bool = False) -> dict:
+    """Run one job per cell, keeping results in benchmarks/results/OUT_NAME.
+
+    ``cells`` maps a key to the job's arguments; all of them are validated
+    first (:func:`check_jobs`), so that a typo stops a sweep before it
+    starts rather than an hour into it; ``check_only`` stops there. A cell
+    already in the file with the same ``settings`` is not run again (a long
+    sweep can be resumed); the file is rewritten after every cell.
+    ``keep(summary, records)`` picks what to store of a job (default: the
+    server mode's final accuracy and curve). Returns {key: result}.
     """
     import tempfile
+
+    check_jobs(cells, nprocs=nprocs, module=module)
+    if check_only:
+        print(f"{len(cells)} jobs checked: every configuration is valid on {nprocs} ranks")
+        raise SystemExit(0)
 
     path = RESULTS / out_name
     done = {} if fresh or not path.exists() else json.loads(path.read_text()).get("cells", {})
@@ -134,6 +162,7 @@ def rule_by_fault_table(script: str, out_name: str, description: str, *, rules: 
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated rule labels to run")
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
+    parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
     args = parser.parse_args()
 
     settings = {"rounds": args.rounds, "per_rank": args.per_rank, "seed": args.seed}
@@ -151,7 +180,7 @@ def rule_by_fault_table(script: str, out_name: str, description: str, *, rules: 
         for rule in wanted for fault in faults
     }
     results = run_grid(out_name, cells, nprocs=1 + -(-n // args.per_rank), settings=settings,
-                       fresh=args.fresh)
+                       fresh=args.fresh, check_only=args.check)
     table = markdown_table(["fault \\ rule", *rules],
                            [[fault, *[accuracy_cell(results.get(f"{rule}|{fault}")) for rule in rules]]
                             for fault in faults])

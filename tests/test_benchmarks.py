@@ -21,3 +21,31 @@ def test_script_prints_its_usage(script):
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage:")
+
+
+MNIST = BENCHMARKS.parents[1] / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST not found at {MNIST}")
+
+
+@needs_mnist
+@pytest.mark.parametrize("command", [["cge_table.py"], ["attack_table.py"], ["averaging_table.py"],
+                                     ["bridge_tables.py", "table1"], ["bridge_tables.py", "table2"]],
+                         ids=" ".join)
+def test_every_job_of_a_reproduction_is_a_valid_configuration(command):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / command[0]), *command[1:], "--check"],
+                            cwd=BENCHMARKS, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "jobs checked: every configuration is valid" in result.stdout
+
+
+def test_a_bad_job_stops_the_sweep_before_it_starts(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import common
+
+    cells = {"good": ["--agents.n", "4", "--agents.per_rank", "2"],
+             "typo": ["--agents.n", "4", "--agents.per_rank", "2", "--aggregator.nmae", "cge"]}
+    with pytest.raises(SystemExit, match="benchmark job 'typo': config error: aggregator.nmae"):
+        common.check_jobs(cells, nprocs=3)
+    with pytest.raises(SystemExit, match="benchmark job 'good': config error: agents.per_rank"):
+        common.check_jobs(cells, nprocs=4)
