@@ -19,9 +19,7 @@ shows. Results: benchmarks/results/averaging_table.json (resumable).
 
 from __future__ import annotations
 
-import argparse
-
-from common import MNIST_DIR, machine, markdown_table, run_grid, save_json
+from common import made_by, markdown_table, run_grid, save_json, server_job, sweep_parser
 
 N, STEP = 10, 0.1
 ALPHAS = [0.0, 0.2, 0.4, 0.6]
@@ -55,27 +53,12 @@ def cell_text(result: dict | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=500)
-    parser.add_argument("--per-rank", type=int, default=5, help=f"agents per rank ({N} agents)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="", help="comma-separated filter labels to run")
-    parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
-    parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
-    args = parser.parse_args()
-
+    args = sweep_parser(__doc__.split("\n\n")[0], n=N, default_rounds=500, only="filter").parse_args()
     wanted = [name for name in FILTERS if not args.only or name in args.only.split(",")]
     cells = {
-        f"{name}|f={f}|alpha={alpha}": [
-            "--data.name", "mnist", "--data.root", str(MNIST_DIR),
-            "--agents.n", str(N), "--agents.per_rank", str(args.per_rank), "--data.batch_size", "16",
-            "--aggregator.f", str(f), "--optim.lr", str(STEP), *FILTERS[name](f),
-            "--aggregator.averaging", str(alpha),
-            "--byzantine.fault", "coordinate_wise", "--byzantine.count", str(f),
-            "--byzantine.ids", ",".join(str(i) for i in range(f)),
-            "--run.rounds", str(args.rounds), "--run.eval_every", str(max(1, args.rounds // 10)),
-            "--run.seed", str(args.seed),
-        ]
+        f"{name}|f={f}|alpha={alpha}": server_job(
+            args, n=N, f=f, step=STEP, fault="coordinate_wise", evaluations=10,
+            extra=[*FILTERS[name](f), "--aggregator.averaging", str(alpha)])
         for name in wanted for f in FAULTS for alpha in ALPHAS
     }
     settings = {"rounds": args.rounds, "per_rank": args.per_rank, "seed": args.seed}
@@ -91,7 +74,7 @@ def main() -> None:
     save_json("averaging_table.json", {
         "benchmark": __doc__.split("\n\n")[0],
         "command": f"python benchmarks/averaging_table.py --rounds {args.rounds} --per-rank {args.per_rank}",
-        "machine": machine(), "cells": results, "table": table})
+        "made_on": made_by(results), "cells": results, "table": table})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import MNIST_DIR, machine, markdown_table, run_grid, save_json
+from common import MNIST_DIR, made_by, markdown_table, run_grid, save_json
 
 DECENTRALIZED = "mpisim.decentralized"
 
@@ -95,7 +95,7 @@ def table1(args) -> None:
         "benchmark": "BRIDGE Table 1: 100 nodes, p=0.5, b=10, linear squared hinge one-vs-all, MNIST",
         "command": f"python benchmarks/bridge_tables.py table1 --iterations {args.iterations} "
                    f"--ranks {args.ranks}",
-        "machine": machine(), "cells": results, "table": table})
+        "made_on": made_by(results), "cells": results, "table": table})
 
 
 def table2(args) -> None:
@@ -136,7 +136,7 @@ def table2(args) -> None:
         "benchmark": "BRIDGE Table 2: 10 nodes x 500 samples, p=0.5, b=1, CNN, local Adam batch 50",
         "command": f"python benchmarks/bridge_tables.py table2 --iterations {args.iterations} "
                    f"--trials {args.trials} --ranks {args.ranks}",
-        "machine": machine(), "cells": results, "table": table})
+        "made_on": made_by(results), "cells": results, "table": table})
 
 
 def main() -> None:

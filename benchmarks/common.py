@@ -103,9 +103,10 @@ def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, setting
     first (:func:`check_jobs`), so that a typo stops a sweep before it
     starts rather than an hour into it; ``check_only`` stops there. A cell
     already in the file with the same ``settings`` is not run again (a long
-    sweep can be resumed); the file is rewritten after every cell.
-    ``keep(summary, records)`` picks what to store of a job (default: the
-    server mode's final accuracy and curve). Returns {key: result}.
+    sweep can be resumed); the file is rewritten after every cell, and each
+    cell records the machine, commit and start date of the sweep that made
+    it (``made_on``). ``keep(summary, records)`` picks what to store of a job
+    (default: the server mode's final accuracy and curve). Returns {key: result}.
     """
     import tempfile
 
@@ -113,9 +114,14 @@ def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, setting
     if check_only:
         print(f"{len(cells)} jobs checked: every configuration is valid on {nprocs} ranks")
         raise SystemExit(0)
+    made_on = machine()  # the cells of one file may come from several runs, machines and commits
 
     path = RESULTS / out_name
-    done = {} if fresh or not path.exists() else json.loads(path.read_text()).get("cells", {})
+    before = {} if fresh or not path.exists() else json.loads(path.read_text())
+    done = before.get("cells", {})
+    if "machine" in before:  # cells from before per-cell records: the file's machine made them
+        for cell in done.values():
+            cell.setdefault("made_on", before["machine"])
     with tempfile.TemporaryDirectory() as tmp:
         for key, args in cells.items():
             if key in done and done[key].get("settings") == settings:
@@ -123,11 +129,18 @@ def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, setting
             name = "".join(c if c.isalnum() else "-" for c in key)
             summary = run_job(nprocs, args, out_dir=Path(tmp), name=name, module=module)
             records = metrics.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
-            done[key] = {"settings": settings, **(keep or _keep_server)(summary, records)}
+            done[key] = {"settings": settings, "made_on": made_on,
+                         **(keep or _keep_server)(summary, records)}
             acc = done[key]["final_test_accuracy"]
             print(f"  {key:<45} {'diverged' if acc is None else f'{100 * acc:.2f}%'}", flush=True)
-            save_json(out_name, {"cells": done})
+            save_json(out_name, {"cells": done, "made_on": made_by(done)})
     return done
+
+
+def made_by(results: dict) -> list[dict]:
+    """The distinct machines and commits the cells of a sweep were made on (``made_on``)."""
+    seen = {json.dumps(r.get("made_on"), sort_keys=True) for r in results.values() if r.get("made_on")}
+    return [json.loads(m) for m in sorted(seen)]
 
 
 def _keep_server(summary: dict, records: list[dict]) -> dict:
@@ -146,6 +159,36 @@ def accuracy_cell(result: dict | None) -> str:
     return "diverged" if acc is None else f"{100 * acc:.1f}"
 
 
+def sweep_parser(description: str, *, n: int, default_rounds: int, only: str):
+    """Command line shared by the server-mode sweeps (cge_table, attack_table, averaging_table)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=default_rounds)
+    parser.add_argument("--per-rank", type=int, default=5, help=f"agents per rank ({n} agents)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default="", help=f"comma-separated {only} labels to run")
+    parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
+    parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
+    return parser
+
+
+def server_job(args, *, n: int, f: int, step: float, fault: str, evaluations: int,
+               extra: list[str]) -> list[str]:
+    """Arguments of one server-mode sweep job: LeNet on MNIST, n agents with k = 16,
+    agents 0..f-1 running ``fault``, the rule set to tolerate f, step ``step``
+    (``extra``, which comes later, may override any of these)."""
+    return [
+        "--data.name", "mnist", "--data.root", str(MNIST_DIR),
+        "--agents.n", str(n), "--agents.per_rank", str(args.per_rank), "--data.batch_size", "16",
+        "--aggregator.f", str(f), "--optim.lr", str(step),
+        "--byzantine.fault", fault, "--byzantine.count", str(f),
+        "--byzantine.ids", ",".join(str(i) for i in range(f)),
+        "--run.rounds", str(args.rounds), "--run.eval_every", str(max(1, args.rounds // evaluations)),
+        "--run.seed", str(args.seed), *extra,
+    ]
+
+
 def rule_by_fault_table(script: str, out_name: str, description: str, *, rules: dict[str, list[str]],
                         faults: list[str], n: int, f: int, step: float, default_rounds: int) -> None:
     """Command line, runs and Markdown table of a server-mode sweep: every rule under every fault.
@@ -154,31 +197,12 @@ def rule_by_fault_table(script: str, out_name: str, description: str, *, rules: 
     set to tolerate ``f``, step ``step`` (``rules`` may override it). Shared
     by cge_table.py and attack_table.py.
     """
-    import argparse
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--rounds", type=int, default=default_rounds)
-    parser.add_argument("--per-rank", type=int, default=5, help=f"agents per rank ({n} agents)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="", help="comma-separated rule labels to run")
-    parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
-    parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
-    args = parser.parse_args()
-
+    args = sweep_parser(description, n=n, default_rounds=default_rounds, only="rule").parse_args()
     settings = {"rounds": args.rounds, "per_rank": args.per_rank, "seed": args.seed}
     wanted = [r for r in rules if not args.only or r in args.only.split(",")]
-    cells = {
-        f"{rule}|{fault}": [
-            "--data.name", "mnist", "--data.root", str(MNIST_DIR),
-            "--agents.n", str(n), "--agents.per_rank", str(args.per_rank), "--data.batch_size", "16",
-            "--aggregator.f", str(f), "--optim.lr", str(step), *rules[rule],
-            "--byzantine.fault", fault, "--byzantine.count", str(f),
-            "--byzantine.ids", ",".join(str(i) for i in range(f)),
-            "--run.rounds", str(args.rounds), "--run.eval_every", str(max(1, args.rounds // 5)),
-            "--run.seed", str(args.seed),
-        ]
-        for rule in wanted for fault in faults
-    }
+    cells = {f"{rule}|{fault}": server_job(args, n=n, f=f, step=step, fault=fault, evaluations=5,
+                                           extra=rules[rule])
+             for rule in wanted for fault in faults}
     results = run_grid(out_name, cells, nprocs=1 + -(-n // args.per_rank), settings=settings,
                        fresh=args.fresh, check_only=args.check)
     table = markdown_table(["fault \\ rule", *rules],
@@ -189,4 +213,4 @@ def rule_by_fault_table(script: str, out_name: str, description: str, *, rules: 
     save_json(out_name, {
         "benchmark": description,
         "command": f"python benchmarks/{script} --rounds {args.rounds} --per-rank {args.per_rank}",
-        "machine": machine(), "cells": results, "table": table})
+        "made_on": made_by(results), "cells": results, "table": table})
