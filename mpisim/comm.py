@@ -84,21 +84,45 @@ def agree(comm: MPI.Comm, error: str | None) -> str | None:
 MAX_SLEEP = float(os.environ.get("MPISIM_MAX_SLEEP", "2e-4"))
 
 
-def wait(request: MPI.Request, *, max_sleep: float | None = None) -> None:
-    """Complete ``request``, sleeping between polls so that a waiting rank yields its core.
+def wait(requests: MPI.Request | list[MPI.Request], *, max_sleep: float | None = None) -> None:
+    """Complete a request (or all of a list), sleeping between polls so that a waiting rank yields its core.
 
     Sleeps start at 20 microseconds and double up to ``max_sleep`` (default
     ``MAX_SLEEP``, set by the environment variable MPISIM_MAX_SLEEP): short
     waits stay cheap, long ones cost little CPU.
     """
+    requests = list(requests) if isinstance(requests, (list, tuple)) else [requests]
     max_sleep = MAX_SLEEP if max_sleep is None else max_sleep
     if max_sleep <= 0:
-        request.Wait()
+        MPI.Request.Waitall(requests)
         return
     sleep = 2e-5
-    while not request.Test():
+    while not MPI.Request.Testall(requests):
         time.sleep(sleep)
         sleep = min(2 * sleep, max_sleep)
+
+
+def _collectives_mode() -> str:
+    """How the large collectives wait: "polled" or "blocking" (environment MPISIM_COLLECTIVES).
+
+    "polled" (the default) starts a nonblocking collective and polls it with
+    sleeps: fastest when the MPI moves large intranode messages in one copy
+    (MPICH's CMA). Without that single copy, the data is pipelined through
+    shared-memory cells that advance only while both sides poll, and a
+    sleeping poll makes a 17 MB gather take 670 ms instead of 35 ms;
+    "blocking" then has the ranks wait for each other with one-byte notes
+    (sleeping) and enter a blocking collective together. It is the default
+    when the environment turns MPICH's CMA off.
+    """
+    cma_off = any(os.environ.get(name) == "0"
+                  for name in ("MPIR_CVAR_CH4_CMA_ENABLE", "MPICH_CH4_CMA_ENABLE"))
+    mode = os.environ.get("MPISIM_COLLECTIVES") or ("blocking" if cma_off else "polled")
+    if mode not in ("polled", "blocking"):
+        raise ValueError(f"MPISIM_COLLECTIVES must be 'polled' or 'blocking', got {mode!r}")
+    return mode
+
+
+COLLECTIVES = _collectives_mode()
 
 
 class Traffic:
@@ -116,8 +140,46 @@ class Traffic:
         return {"sent": dict(self.sent), "received": dict(self.received)}
 
 
-_READY_TAG = 31_000  # point-to-point tag of bcast's "data ready" notes
-_READY = np.zeros(1, dtype=np.int8)
+# Point-to-point tags of the one-byte notes exchanged before a blocking collective.
+_READY_TAG, _GO_TAG = 31_000, 31_001
+_NOTE = np.zeros(1, dtype=np.int8)
+
+
+def notes(comm: MPI.Comm, *, to: Sequence[int] = (), sources: Sequence[int] = (),
+          tag: int = _READY_TAG) -> None:
+    """Send a one-byte note to every rank in ``to``; return once one has come from every rank in ``sources``.
+
+    The waiting is done sleeping (:func:`wait`). Ranks use these notes to
+    enter a *blocking* collective together once everyone's data is ready:
+    waiting ranks sleep instead of spinning (which would take the core from
+    a rank still computing), and during the transfer every rank is inside MPI.
+    """
+    inbox = np.empty(len(sources), dtype=np.int8)
+    requests = [comm.Irecv(inbox[i:i + 1], source=s, tag=tag) for i, s in enumerate(sources)]
+    requests += [comm.Isend(_NOTE, dest=r, tag=tag) for r in to]
+    wait(requests)
+
+
+def _others(comm: MPI.Comm, root: int) -> list[int]:
+    return [r for r in range(comm.Get_size()) if r != root]
+
+
+def _from_root(comm: MPI.Comm, root: int) -> None:
+    """The root's data is ready: the root tells every other rank, which waits for that, sleeping."""
+    if comm.Get_rank() == root:
+        notes(comm, to=_others(comm, root))
+    else:
+        notes(comm, sources=[root])
+
+
+def _to_root(comm: MPI.Comm, root: int) -> None:
+    """Every rank's data is ready: each tells the root, then waits, sleeping, for the root's go."""
+    if comm.Get_rank() == root:
+        notes(comm, sources=_others(comm, root))
+        notes(comm, to=_others(comm, root), tag=_GO_TAG)
+    else:
+        notes(comm, to=[root])
+        notes(comm, sources=[root], tag=_GO_TAG)
 
 
 def bcast(comm: MPI.Comm, buf: np.ndarray, *, root: int, traffic: Traffic | None = None,
@@ -125,19 +187,16 @@ def bcast(comm: MPI.Comm, buf: np.ndarray, *, root: int, traffic: Traffic | None
     """Broadcast the flat array ``buf`` from ``root`` in place (every rank of comm calls it).
 
     The other ranks first wait, sleeping, for a one-byte note from the root
-    that the data is ready, then all enter a blocking ``Bcast``. A plain
-    blocking Bcast would make the waiting ranks spin through the root's
-    filter step; a nonblocking ``Ibcast`` polled with sleeps stalls instead,
-    because inner nodes of the broadcast tree only forward data while they
-    are inside MPI (measured on 11 ranks on 2 cores: 33 ms against 3.5 ms).
+    that the data is ready, then all enter a blocking ``Bcast`` (whatever
+    ``COLLECTIVES`` says). A plain blocking Bcast would make the waiting
+    ranks spin through the root's filter step; a nonblocking ``Ibcast``
+    polled with sleeps stalls instead, because inner nodes of the broadcast
+    tree only forward data while they are inside MPI (measured on 11 ranks
+    on 2 cores: 33 ms against 3.5 ms).
 
     Counted as one copy sent to each other rank by the root, one received by each other rank.
     """
-    if comm.Get_rank() == root:
-        notes = [comm.Isend(_READY, dest=r, tag=_READY_TAG) for r in range(comm.Get_size()) if r != root]
-        MPI.Request.Waitall(notes)
-    else:
-        wait(comm.Irecv(np.empty(1, dtype=np.int8), source=root, tag=_READY_TAG))
+    _from_root(comm, root)
     comm.Bcast(buf, root=root)
     if traffic is not None:
         if comm.Get_rank() == root:
@@ -153,18 +212,21 @@ def gatherv_rows(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray | None
 
     Every rank of comm calls it with its own ``sendbuf`` (possibly 0 rows);
     ``rows_per_rank[r]`` is the row count of rank r, the same list on every
-    rank. Counts and displacements are explicit.
+    rank. Counts and displacements are explicit. Waits as ``COLLECTIVES`` says.
     """
-    d = sendbuf.shape[1] if sendbuf.ndim == 2 else 0
     mpi_type = from_numpy_dtype(sendbuf.dtype)
     if comm.Get_rank() == root:
         d = recvbuf.shape[1]
         counts = np.asarray(rows_per_rank, dtype=np.int64) * d
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        request = comm.Igatherv([sendbuf, mpi_type], [recvbuf, (counts, displs), mpi_type], root=root)
+        args = ([sendbuf, mpi_type], [recvbuf, (counts, displs), mpi_type])
     else:
-        request = comm.Igatherv([sendbuf, mpi_type], None, root=root)
-    wait(request)
+        args = ([sendbuf, mpi_type], None)
+    if COLLECTIVES == "blocking":
+        _to_root(comm, root)
+        comm.Gatherv(*args, root=root)
+    else:
+        wait(comm.Igatherv(*args, root=root))
     if traffic is not None:
         mine = sendbuf.nbytes if comm.Get_rank() != root else 0
         traffic.count(category, sent=mine)
@@ -175,16 +237,23 @@ def gatherv_rows(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray | None
 def scatterv_rows(comm: MPI.Comm, sendbuf: np.ndarray | None, recvbuf: np.ndarray, *,
                   rows_per_rank: Sequence[int], root: int, traffic: Traffic | None = None,
                   category: str = "protocol") -> None:
-    """Scatter rows of ``sendbuf`` (sum a_r, d) on ``root`` to each rank's ``recvbuf`` (a_r, d)."""
+    """Scatter rows of ``sendbuf`` (sum a_r, d) on ``root`` to each rank's ``recvbuf`` (a_r, d).
+
+    Waits as ``COLLECTIVES`` says.
+    """
     mpi_type = from_numpy_dtype(recvbuf.dtype)
     if comm.Get_rank() == root:
         d = sendbuf.shape[1]
         counts = np.asarray(rows_per_rank, dtype=np.int64) * d
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        request = comm.Iscatterv([sendbuf, (counts, displs), mpi_type], [recvbuf, mpi_type], root=root)
+        args = ([sendbuf, (counts, displs), mpi_type], [recvbuf, mpi_type])
     else:
-        request = comm.Iscatterv(None, [recvbuf, mpi_type], root=root)
-    wait(request)
+        args = (None, [recvbuf, mpi_type])
+    if COLLECTIVES == "blocking":
+        _from_root(comm, root)
+        comm.Scatterv(*args, root=root)
+    else:
+        wait(comm.Iscatterv(*args, root=root))
     if traffic is not None:
         if comm.Get_rank() == root:
             traffic.count(category, sent=sendbuf.nbytes - recvbuf.nbytes)
@@ -238,10 +307,13 @@ class NeighbourExchange:
     def exchange(self, block: np.ndarray, recv: np.ndarray, *, traffic: Traffic | None = None,
                  category: str = "protocol") -> None:
         """Send the chosen rows of ``block`` (R, d) and fill ``recv`` (rows_in, d); all ranks call it."""
-        counts, displs, types = self._send_spec
-        rcounts, rdispls, rtypes = self._recv_spec
-        wait(self.graph.Ineighbor_alltoallw([block, counts, displs, types],
-                                            [recv, rcounts, rdispls, rtypes]))
+        send = [block, *self._send_spec]
+        received = [recv, *self._recv_spec]
+        if COLLECTIVES == "blocking":  # neighbours wait for each other sleeping, then exchange
+            notes(self.graph, to=self.neighbours, sources=self.neighbours)
+            self.graph.Neighbor_alltoallw(send, received)
+        else:
+            wait(self.graph.Ineighbor_alltoallw(send, received))
         if traffic is not None:
             traffic.count(category, sent=4 * self.d * self.rows_out, received=4 * self.d * self.rows_in)
 

@@ -9,9 +9,10 @@ from conftest import ROOT
 pytestmark = pytest.mark.processes
 
 
-def test_collectives_pass_on_four_ranks(mpirun):
+@pytest.mark.parametrize("mode", ["polled", "blocking"])
+def test_collectives_pass_on_four_ranks(mpirun, mode):
     result = mpirun(4, ["-m", "pytest", "--with-mpi", "-q", "-p", "no:cacheprovider",
-                        str(ROOT / "tests" / "collectives")], timeout=180)
+                        str(ROOT / "tests" / "collectives")], timeout=180, env={"MPISIM_COLLECTIVES": mode})
 
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "8 passed" in result.stdout
