@@ -205,6 +205,12 @@ def bcast(comm: MPI.Comm, buf: np.ndarray, *, root: int, traffic: Traffic | None
             traffic.count(category, received=buf.nbytes)
 
 
+def _row_layout(rows_per_rank: Sequence[int], d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Element counts and displacements of blocks of rows_per_rank[r] rows of d values, back to back."""
+    counts = np.asarray(rows_per_rank, dtype=np.int64) * d
+    return counts, np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+
 def gatherv_rows(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray | None, *,
                  rows_per_rank: Sequence[int], root: int, traffic: Traffic | None = None,
                  category: str = "protocol") -> None:
@@ -216,10 +222,7 @@ def gatherv_rows(comm: MPI.Comm, sendbuf: np.ndarray, recvbuf: np.ndarray | None
     """
     mpi_type = from_numpy_dtype(sendbuf.dtype)
     if comm.Get_rank() == root:
-        d = recvbuf.shape[1]
-        counts = np.asarray(rows_per_rank, dtype=np.int64) * d
-        displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        args = ([sendbuf, mpi_type], [recvbuf, (counts, displs), mpi_type])
+        args = ([sendbuf, mpi_type], [recvbuf, _row_layout(rows_per_rank, recvbuf.shape[1]), mpi_type])
     else:
         args = ([sendbuf, mpi_type], None)
     if COLLECTIVES == "blocking":
@@ -243,10 +246,7 @@ def scatterv_rows(comm: MPI.Comm, sendbuf: np.ndarray | None, recvbuf: np.ndarra
     """
     mpi_type = from_numpy_dtype(recvbuf.dtype)
     if comm.Get_rank() == root:
-        d = sendbuf.shape[1]
-        counts = np.asarray(rows_per_rank, dtype=np.int64) * d
-        displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        args = ([sendbuf, (counts, displs), mpi_type], [recvbuf, mpi_type])
+        args = ([sendbuf, _row_layout(rows_per_rank, sendbuf.shape[1]), mpi_type], [recvbuf, mpi_type])
     else:
         args = (None, [recvbuf, mpi_type])
     if COLLECTIVES == "blocking":
