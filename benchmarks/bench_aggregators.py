@@ -1,4 +1,4 @@
-"""Time every aggregation rule of mpisim.aggregators on one CPU thread.
+"""Time every aggregation rule of mpisim.rules.aggregators on one CPU thread.
 
     .venv/bin/python benchmarks/bench_aggregators.py            # full grid
     .venv/bin/python benchmarks/bench_aggregators.py --quick    # small subset
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import machine  # noqa: E402
-from mpisim import aggregators as A  # noqa: E402
+from mpisim.rules import aggregators as A  # noqa: E402
 from mpisim.metrics import atomic_write  # noqa: E402
 
 FULL_N = (10, 50, 100)
@@ -122,7 +122,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax in axes[:, 0]:
         ax.set_ylabel("ms per call")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle("mpisim.aggregators: time per call (median, 1 thread) vs n * d")
+    fig.suptitle("mpisim.rules.aggregators: time per call (median, 1 thread) vs n * d")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rule:16s} n^{e['exp_n']:<5} d^{e['exp_d']}")
 
     payload = {
-        "benchmark": "mpisim.aggregators time per call",
+        "benchmark": "mpisim.rules.aggregators time per call",
         "command": " ".join(["benchmarks/bench_aggregators.py"] + (argv if argv is not None else sys.argv[1:])),
         "machine": {**machine_info_at_start, "load_average_at_end": os.getloadavg()},
         "f_policy": "floor((n-1)/4), lowered to the largest f the rule accepts",

@@ -16,7 +16,8 @@ MNIST_DIR = Path(os.environ.get("MPISIM_MNIST_DIR", ROOT.parent / "shared" / "da
 
 sys.path.insert(0, str(ROOT))
 
-from mpisim import launcher, metrics  # noqa: E402
+from mpisim import metrics
+from mpisim.mpi import launcher  # noqa: E402
 
 
 def machine() -> dict:

@@ -427,7 +427,7 @@ def validate_run(run: RunConfig) -> None:
 
 
 def validate_model(model_cfg: ModelConfig) -> None:
-    from . import models
+    from .learning import models
 
     require(model_cfg.name in models.MODELS, "model.name",
             f"unknown model {model_cfg.name!r}; known: {', '.join(models.MODELS)}")
@@ -437,7 +437,7 @@ def validate_model(model_cfg: ModelConfig) -> None:
 
 def validate_data(data_cfg: DataConfig, *, num_shards: int, min_batch: int = 1) -> int:
     """Check the data set exists and can give ``num_shards`` shards; returns the training set size."""
-    from . import data  # local: keeps `import mpisim.config` light
+    from . import datasets as data  # local: keeps `import mpisim.config` light
 
     require(data_cfg.name in data.DATASETS, "data.name",
             f"unknown data set {data_cfg.name!r}; known: {', '.join(data.DATASETS)}")
@@ -461,7 +461,7 @@ def validate_data(data_cfg: DataConfig, *, num_shards: int, min_batch: int = 1) 
 
 def validate_server_mode(cfg: ServerModeConfig, world_size: int) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks."""
-    from . import attacks
+    from .rules import attacks
 
     validate_run(cfg.run)
     n = cfg.agents.n
@@ -503,7 +503,7 @@ def validate_server_mode(cfg: ServerModeConfig, world_size: int) -> None:
 
 def _validate_aggregator(agg: AggregatorConfig, n: int) -> None:
     """Name the field at fault: the rule, a pre-aggregation step, a parameter, or f."""
-    from . import aggregators
+    from .rules import aggregators
 
     require(agg.name in aggregators.REGISTRY, "aggregator.name",
             f"unknown rule {agg.name!r}; known: {', '.join(sorted(aggregators.REGISTRY))}")
@@ -531,7 +531,7 @@ DECENTRALIZED_FAULTS_EXTRA = ("init_random",)  # faults of the decentralized mod
 
 def validate_decentralized(cfg: DecentralizedConfig, world_size: int) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (before the graph is drawn)."""
-    from . import attacks, screening
+    from .rules import attacks, screening
 
     validate_run(cfg.run)
     n = cfg.nodes.n

@@ -41,8 +41,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import attacks, comm as mpi, config, data, entry, metrics, models, screening, seeding, topology
-from .comm import MPI
+from . import config, datasets as data, entry, metrics, seeding
+from .graphs import topology
+from .learning import models
+from .mpi import comm as mpi
+from .rules import attacks, screening
+from .mpi.comm import MPI
 from .config import ConfigError, DecentralizedConfig
 
 ROOT = 0

@@ -7,7 +7,8 @@ import io
 import sys
 from typing import Callable, Sequence
 
-from . import comm as mpi, config
+from . import config
+from .mpi import comm as mpi
 from .config import ConfigError
 
 

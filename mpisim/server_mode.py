@@ -34,8 +34,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import aggregators, attacks, comm as mpi, config, data, entry, metrics, models, seeding
-from .comm import MPI
+from . import config, datasets as data, entry, metrics, seeding
+from .learning import models
+from .mpi import comm as mpi
+from .mpi.comm import MPI
+from .rules import aggregators, attacks
 from .config import ServerModeConfig
 
 SERVER = 0

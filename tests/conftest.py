@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mpisim import launcher
+from mpisim.mpi import launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MPISIM_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
@@ -30,7 +30,7 @@ def mnist_dir() -> Path:
 
 def run_mpi(nprocs: int, args: list[str], *, timeout: float, cwd: Path | None = None,
             env: dict | None = None) -> launcher.Completed:
-    """Run ``mpiexec -n nprocs python ARGS`` (see mpisim.launcher); fail the test on timeout."""
+    """Run ``mpiexec -n nprocs python ARGS`` (see mpisim.mpi.launcher); fail the test on timeout."""
     try:
         result = launcher.run(nprocs, args, timeout=timeout, cwd=cwd or ROOT, env=env)
     except launcher.LauncherError as exc:

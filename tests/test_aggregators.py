@@ -1,4 +1,4 @@
-"""Pure-tier tests of mpisim.aggregators: hand-worked examples from the
+"""Pure-tier tests of mpisim.rules.aggregators: hand-worked examples from the
 papers' definitions, properties, numpy references and non-finite inputs."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpisim import aggregators as A
+from mpisim.rules import aggregators as A
 
 ROBUST = sorted(name for name in A.REGISTRY if name != "mean")
 

@@ -1,4 +1,4 @@
-"""Pure-tier tests of mpisim.attacks: hand-worked examples from the papers' definitions."""
+"""Pure-tier tests of mpisim.rules.attacks: hand-worked examples from the papers' definitions."""
 
 import math
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from mpisim.attacks import REGISTRY, alie_z, check, param_defaults
+from mpisim.rules.attacks import REGISTRY, alie_z, check, param_defaults
 
 MESSAGE = sorted(name for name, a in REGISTRY.items() if a.kind == "message")
 DATA = sorted(name for name, a in REGISTRY.items() if a.kind == "data")
@@ -78,7 +78,7 @@ def test_param_defaults():
 def test_module_does_not_import_mpi4py():
     # The pure tier must run without MPI; a fresh interpreter shows what attacks pulls in.
     import subprocess
-    code = "import sys, mpisim.attacks; print('mpi4py' in sys.modules)"
+    code = "import sys, mpisim.rules.attacks; print('mpi4py' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

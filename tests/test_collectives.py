@@ -22,8 +22,8 @@ def test_exception_on_one_rank_aborts_the_whole_job(mpirun):
     # Rank 1 fails while ranks 0 and 2 wait in a collective: without the
     # abort they would wait forever and the timeout would fire.
     code = textwrap.dedent("""
-        from mpisim import comm as mpi
-        from mpisim.comm import MPI
+        from mpisim.mpi import comm as mpi
+        from mpisim.mpi.comm import MPI
 
         @mpi.abort_on_error
         def main():

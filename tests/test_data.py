@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from mpisim import data
+from mpisim import datasets as data
 from mpisim.datasets import build
 
 

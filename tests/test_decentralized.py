@@ -118,7 +118,7 @@ def test_bad_input_exits_on_every_rank_with_one_message(mpirun, tmp_path, args, 
 def test_bridge_t_step_matches_eq_7_by_hand():
     # One node with 3 neighbours, b = 1: drop the smallest and largest
     # neighbour value per coordinate, average the middle one with its own.
-    from mpisim import screening
+    from mpisim.rules import screening
 
     own = torch.tensor([1.0, 10.0])
     received = torch.tensor([[0.0, 40.0], [5.0, 20.0], [-7.0, 30.0]])
@@ -131,7 +131,7 @@ def test_bridge_t_step_matches_eq_7_by_hand():
 def test_a_byzantine_node_with_few_neighbours_does_not_screen():
     # Node 4 is Byzantine with a single neighbour: too few for b = 1, which
     # the graph check only guarantees for honest nodes.
-    from mpisim import screening
+    from mpisim.rules import screening
     from mpisim.decentralized import screen_all
 
     adj = np.zeros((5, 5), dtype=bool)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mpisim import models
+from mpisim.learning import models
 
 
 def test_lenet_has_the_papers_parameter_counts():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpisim import models
+from mpisim.learning import models
 
 MNIST = dict(input_shape=(1, 28, 28), num_classes=10)
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mpisim import screening
+from mpisim.rules import screening
 
 ROBUST = ("bridge_t", "bridge_m", "bridge_k", "bridge_b")
 

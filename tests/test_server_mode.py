@@ -114,7 +114,7 @@ def test_error_during_the_run_aborts_the_job(mpirun, tmp_path):
     # validation (headers only) and fails when the agent ranks read it.
     source = tmp_path / "data"
     source.mkdir()
-    from mpisim import data
+    from mpisim import datasets as data
 
     builtin = data.BUILTIN_DIR / "mnist-small"
     for path in builtin.glob("*.gz"):

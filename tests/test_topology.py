@@ -1,4 +1,4 @@
-"""Pure-tier tests of mpisim.topology: Erdős–Rényi graphs, and the checks of
+"""Pure-tier tests of mpisim.graphs.topology: Erdős–Rényi graphs, and the checks of
 BRIDGE's conditions (degree rule, honest connectivity, Assumption 4) on
 hand-built graphs whose answers are worked out by hand, with every
 counterexample verified by a plain BFS written here."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mpisim import seeding
-from mpisim import topology as T
+from mpisim.graphs import topology as T
 
 
 # --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpisim import data
+from mpisim import datasets as data
 
 TRAIN_SIZE = 6000
 TEST_SIZE = 2000

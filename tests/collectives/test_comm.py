@@ -1,4 +1,4 @@
-"""Buffer collectives of mpisim.comm, run on 3+ real ranks by pytest-mpi.
+"""Buffer collectives of mpisim.mpi.comm, run on 3+ real ranks by pytest-mpi.
 
 Run from tests/test_collectives.py as
 ``mpiexec -n 4 python -m pytest --with-mpi tests/collectives``.
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from mpisim import comm as mpi
+from mpisim.mpi import comm as mpi
 
 pytestmark = pytest.mark.mpi(min_size=3)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from mpisim import comm as mpi
+from mpisim.mpi import comm as mpi
 from mpisim.decentralized import Plan, RankState
 
 pytestmark = pytest.mark.mpi(min_size=3)

@@ -18,7 +18,7 @@ Screens are looked up by their config name in :data:`SCREENS`. Each carries
 the screen cannot run on a node of degree m with tolerance b, and None
 otherwise; calling a screen on such a setting raises ``ValueError`` with that
 message (b is never lowered quietly). The bounds of the robust screens come
-from the checks of the matching rules in :mod:`mpisim.aggregators`.
+from the checks of the matching rules in :mod:`mpisim.rules.aggregators`.
 
 Non-finite input. The robust screens inherit the rule library's treatment of
 NaN, +/-inf and 1e30-scale rows: with at most b such rows among the received

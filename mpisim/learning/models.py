@@ -13,7 +13,7 @@ the row that goes on the wire.
 Layout of the flat vector: parameters in the module's order; a 4-d
 convolution weight (out, in, kh, kw) is stored in (out, kh, kw, in) order,
 the channels-last layout under which oneDNN runs LeNet about 1.6x faster on
-a CPU. Every rule in :mod:`mpisim.aggregators` treats coordinates alike, so
+a CPU. Every rule in :mod:`mpisim.rules.aggregators` treats coordinates alike, so
 the order of coordinates never changes a result.
 
 Models (:data:`MODELS`): ``lenet`` (CGE paper, Section 3.4) for the server
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import seeding
+from .. import seeding
 
 
 class LeNet(nn.Module):

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import seeding
+from .. import seeding
 
 __all__ = [
     "GraphError", "GraphReport", "erdos_renyi", "neighbours", "edge_list", "from_edges",

@@ -1,0 +1,2 @@
+"""Graphs of the decentralized mode, pure bookkeeping with no MPI: Erdős–Rényi
+graphs and their checks (:mod:`.topology`)."""
