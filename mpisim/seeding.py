@@ -19,6 +19,7 @@ BYZANTINE = 3      # which agents are faulty
 MODEL_INIT = 4     # the initial model
 SERVER = 5         # server-side randomness (e.g. bucketing)
 GRAPH = 6          # decentralized mode: the communication graph
+DATA = 7           # generated data sets (synthetic regression)
 
 
 def numpy_generator(seed: int, *key: int) -> np.random.Generator:
