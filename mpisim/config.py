@@ -28,7 +28,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import tomli_w
 
@@ -57,57 +57,93 @@ def _opt(default, help_text: str, **kwargs):
 
 @dataclass(frozen=True)
 class RunConfig:
+    """[run]: the run as a whole: its seed, length, evaluation schedule and results."""
+
     seed: int = _opt(0, "seed of every random stream of the run (same seed, same results)")
-    rounds: int = _opt(300, "number of rounds (server mode) or iterations (decentralized mode)")
+    rounds: int = _opt(300, "number of rounds (iterations of the decentralized mode)")
     eval_every: int = _opt(25, "evaluate on the test set every this many rounds (and at the last one)")
-    out_dir: str = _opt("results", "parent directory of the run directories")
-    name: str = _opt("", "run directory name under out_dir (default: made from the config and the time)")
+    out_dir: str = _opt("results", "parent directory of the run directories (created if missing)")
+    name: str = _opt("", "run directory name under out_dir, one path component, not in use yet "
+                         "(default: made from the config and the time, with -2, -3... if taken)")
     progress: bool = _opt(True, "progress bar on rank 0 (only when stderr is a terminal)")
-    save_model: bool = _opt(False, "write the final model to model.npy in the run directory "
-                                   "(flat float32 vector, the wire layout)")
+    save_model: bool = _opt(False, "write the final model(s) as flat float32 rows (the wire layout): "
+                                   "model.npy (server mode) or models.npy (decentralized: every node's, "
+                                   "rows in node order)")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = _opt("mnist-small", "data set: mnist-small (built in), mnist, fashion-mnist")
-    root: str = _opt("", "directory holding the data set's IDX files (mnist-small needs none)")
-    batch_size: int = _opt(16, "samples per agent (server mode: k of the CGE paper's eq 8) or per node "
-                               "and step (decentralized mode; 0: the whole local shard)")
+    """[data]: the data set, its split across agents or nodes, and the batches."""
+
+    name: str = _opt("mnist-small", "data set: mnist-small (built in), mnist, fashion-mnist, cifar10, "
+                                    "synthetic_regression (see the README)")
+    root: str = _opt("", "directory holding the data set's files (mnist-small and "
+                         "synthetic_regression need none)")
+    params: Mapping[str, Any] = _opt({}, "the data set's own parameters, e.g. "
+                                         "--data.params.samples 4000 for synthetic_regression")
+    batch_size: int = _opt(16, "samples per agent or node and round (k of the CGE paper's eq 8); "
+                               "0: the whole local shard (full local gradient)")
     train_size: int = _opt(0, "use a seeded random subset of this many training samples (0: all)")
     test_size: int = _opt(0, "evaluate on the first this many test samples (0: all)")
+    partition: str = _opt("iid", "split of the training set across agents or nodes: iid, dirichlet "
+                                 "(per-class proportions ~ Dirichlet(alpha)), label_shards (sort by "
+                                 "label, deal shards)")
+    alpha: float = _opt(0.5, "concentration of the dirichlet partition (large: near iid, small: skewed)")
+    shards_per_agent: int = _opt(2, "shards dealt to each agent by the label_shards partition")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _opt("lenet", "model: lenet (CGE paper), linear (one-vs-all squared hinge), cnn (BRIDGE 5.2)")
+    """[model]: what is trained, and from where it starts."""
+
+    name: str = _opt("lenet", "model: lenet, linear (one-vs-all squared hinge), cnn, logreg, mlp, "
+                              "least_squares (see the README)")
     init: str = _opt("default", "initial parameters: default (PyTorch's per-layer init) or zero")
-
-
-@dataclass(frozen=True)
-class AgentsConfig:
-    n: int = _opt(10, "number of agents (workers)")
-    per_rank: int = _opt(1, "agents hosted by each agent rank; the job needs 1 + ceil(n / per_rank) ranks")
+    params: Mapping[str, Any] = _opt({}, "the model's own parameters, e.g. --model.params.hidden 1000 (mlp)")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _opt(0.01, "step size eta of the server's update w <- w - eta * filtered "
-                           "(CGE sums n-f gradients, eq 7: 0.01 there is about 0.1 on the mean scale)")
+    """[optim]: the step size eta_t of every update (mpisim.learning.schedules)."""
+
+    lr: float = _opt(0.01, "step size eta (at round 0 for a decaying schedule); server mode: "
+                           "w <- w - eta_t * filtered (CGE sums n-f gradients, eq 7: 0.01 there is "
+                           "about 0.1 on the mean scale); decentralized: the local step")
+    schedule: str = _opt("constant", "constant (eta_t = lr), inverse (lr / (1 + t / t0)), "
+                                     "power (lr (t + 1)^-p)")
+    t0: float = _opt(500.0, "t0 of the inverse schedule (BRIDGE's 1/(lambda (t0 + t)) is inverse "
+                            "with lr = 1/(lambda t0))")
+    power: float = _opt(1.0, "p of the power schedule, in (1/2, 1] (BRSGD paper, Corollary 4.1)")
+
+
+@dataclass(frozen=True)
+class HostsConfig:
+    """[agents] or [nodes]: how many learners there are and how many each rank hosts."""
+
+    n: int = _opt(10, "number of agents (workers) or graph nodes")
+    per_rank: int = _opt(1, "agents or nodes hosted by each rank; the job needs ceil(n / per_rank) "
+                            "ranks, plus 1 for the server in server mode")
 
 
 @dataclass(frozen=True)
 class AggregatorConfig:
+    """[aggregator]: the server's robust rule, what comes before it (pre-aggregation,
+    gradient averaging), and the number of faulty agents it is set to tolerate."""
+
     name: str = _opt("cge", "gradient filter (see the README's table of rules)")
     f: int = _opt(1, "number of faulty agents the filter is set to tolerate")
     params: Mapping[str, Any] = _opt({}, "the filter's own parameters, e.g. --aggregator.params.m 2")
     pre: tuple[str, ...] = _opt((), "pre-aggregation steps applied in order before the filter, e.g. nnm")
-    pre_params: Mapping[str, Any] = _opt({}, "parameters of the pre-aggregation steps, keyed by step name")
+    pre_params: Mapping[str, Any] = _opt({}, "parameters of the pre-aggregation steps, one table per "
+                                             "step, e.g. --aggregator.pre_params.bucketing.s 3")
     averaging: float = _opt(0.0, "alpha of gradient averaging h_i = alpha h_i + (1 - alpha) g_i "
                                  "(CGE paper eq 25); 0 disables it")
 
 
 @dataclass(frozen=True)
 class ByzantineConfig:
+    """[byzantine]: which agents are faulty and what they send."""
+
     fault: str = _opt("gradient_reverse", "fault type of the faulty agents, or none")
     count: int = _opt(1, "number of faulty agents (ignored when fault is none)")
     ids: tuple[int, ...] = _opt((), "ids (0-based) of the faulty agents; default: drawn from the seed")
@@ -115,26 +151,28 @@ class ByzantineConfig:
 
 
 @dataclass(frozen=True)
-class ServerModeConfig:
-    """Configuration of ``python -m mpisim.server_mode``."""
+class RunSections:
+    """The sections every protocol has; a mode's config adds its own (and may change defaults)."""
 
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    agents: AgentsConfig = field(default_factory=AgentsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass(frozen=True)
+class ServerModeConfig(RunSections):
+    """Configuration of ``python -m mpisim.server_mode``."""
+
+    agents: HostsConfig = field(default_factory=HostsConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
 
 
 @dataclass(frozen=True)
-class NodesConfig:
-    n: int = _opt(20, "number of nodes of the graph")
-    per_rank: int = _opt(1, "nodes hosted by each rank; the job needs ceil(n / per_rank) ranks")
-
-
-@dataclass(frozen=True)
 class GraphConfig:
+    """[graph]: the Erdős–Rényi graph and how hard it is checked (BRIDGE, Assumption 4)."""
+
     p: float = _opt(0.5, "Erdős–Rényi edge probability")
     redraw: int = _opt(0, "draw again up to this many times when a graph fails the check (0: fail)")
     max_reduced_graphs: int = _opt(200_000, "check Assumption 4 on every reduced graph when there are "
@@ -144,6 +182,8 @@ class GraphConfig:
 
 @dataclass(frozen=True)
 class ScreeningConfig:
+    """[screening]: how a node combines its neighbours' models (BRIDGE, eq 7 and variants)."""
+
     name: str = _opt("bridge_t", "bridge_t (trimmed mean, eq 7), bridge_m, bridge_k, bridge_b, "
                                  "dgd (plain average, eq 3), local (no exchange)")
     b: int = _opt(2, "number of Byzantine neighbours screened out per side (BRIDGE's b)")
@@ -151,26 +191,26 @@ class ScreeningConfig:
 
 @dataclass(frozen=True)
 class LocalConfig:
-    method: str = _opt("gd", "local update: gd (w <- screened - rho(t) grad, rho(t) = 1/(lam (t0 + t))) "
-                             "or adam (BRIDGE Section 5.2)")
-    lam: float = _opt(1.0, "lambda of the step-size sequence rho(t) = 1/(lam (t0 + t))")
-    t0: float = _opt(500.0, "t0 of the step-size sequence rho(t) = 1/(lam (t0 + t))")
+    """[local]: each node's local update and its order with the exchange."""
+
+    method: str = _opt("gd", "local update: gd (w <- screened - eta_t grad, eta_t from [optim]) "
+                             "or adam (BRIDGE Section 5.2, learning rate eta_t from [optim])")
     l2: float = _opt(0.0, "weight of (l2 / 2) ||w||^2 added to every node's loss (strong convexity)")
-    lr: float = _opt(1e-3, "Adam's step size (method adam)")
-    order: str = _opt("screen_then_step", "screen_then_step: screen w(t) and subtract rho(t) grad f(w(t)) "
+    order: str = _opt("screen_then_step", "screen_then_step: screen w(t) and subtract eta_t grad f(w(t)) "
                                           "(eq 7); step_then_screen: local step, then exchange and "
                                           "screen (Section 5.2)")
 
 
 @dataclass(frozen=True)
-class NodeByzantineConfig:
+class NodeByzantineConfig(ByzantineConfig):
+    """[byzantine] of the decentralized mode: Byzantine nodes, and whether they are two-faced."""
+
     fault: str = _opt("random", "what Byzantine nodes broadcast: init_random (a fresh draw from the "
                                 "model's initialization), a message fault of the rule library "
                                 "(random, sign_flip, gaussian, nan, inf, huge, ...), or none")
     count: int = _opt(2, "number of Byzantine nodes (ignored when fault is none)")
     ids: tuple[int, ...] = _opt((), "ids (0-based) of the Byzantine nodes; default: drawn from the seed")
     two_faced: bool = _opt(False, "send a different vector to each neighbour")
-    params: Mapping[str, Any] = _opt({}, "the fault's own parameters, e.g. --byzantine.params.std 1")
 
 
 def _decentralized_data() -> DataConfig:
@@ -181,18 +221,32 @@ def _decentralized_model() -> ModelConfig:
     return ModelConfig(name="linear", init="zero")
 
 
+def _decentralized_optim() -> OptimConfig:
+    # BRIDGE's rho(t) = 1 / (lambda (t0 + t)) with lambda = 1, t0 = 500.
+    return OptimConfig(lr=0.002, schedule="inverse", t0=500.0)
+
+
 @dataclass(frozen=True)
-class DecentralizedConfig:
+class DecentralizedConfig(RunSections):
     """Configuration of ``python -m mpisim.decentralized``."""
 
-    run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=_decentralized_data)
     model: ModelConfig = field(default_factory=_decentralized_model)
-    nodes: NodesConfig = field(default_factory=NodesConfig)
+    optim: OptimConfig = field(default_factory=_decentralized_optim)
+    nodes: HostsConfig = field(default_factory=lambda: HostsConfig(n=20))
     graph: GraphConfig = field(default_factory=GraphConfig)
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     local: LocalConfig = field(default_factory=LocalConfig)
     byzantine: NodeByzantineConfig = field(default_factory=NodeByzantineConfig)
+
+
+# Fields that moved, with where they went: a user's old command line gets told.
+MOVED = {
+    "local.lam": "the step size is [optim]: BRIDGE's rho(t) = 1/(lam (t0 + t)) is --optim.schedule "
+                 "inverse --optim.lr 1/(lam t0) --optim.t0 t0 (the default: lam = 1, t0 = 500)",
+    "local.t0": "it is --optim.t0 (with --optim.schedule inverse, the default here)",
+    "local.lr": "Adam's learning rate is --optim.lr (with --optim.schedule constant for a fixed one)",
+}
 
 
 # ---------------------------------------------------------------- reading values
@@ -208,7 +262,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parse_literal(text: str) -> Any:
-    """A TOML value (number, boolean, quoted string, array); a bare word is a string."""
+    """A TOML value (number, boolean, quoted string, array, inline table); a bare word is a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -245,6 +299,8 @@ def _coerce(name: str, annotation: Any, value: Any, *, from_text: bool) -> Any:
             if isinstance(value, (list, tuple)):
                 return tuple(_coerce(name, item_type, item, from_text=False) for item in value)
         elif origin in (Mapping, collections.abc.Mapping, dict) or annotation is Mapping:
+            if from_text and isinstance(value, str):
+                value = _parse_literal(value)
             if isinstance(value, Mapping):
                 return _frozen_map(value)
     except ValueError as exc:
@@ -263,42 +319,45 @@ def _fields(section_cls) -> dict[str, tuple[Any, dataclasses.Field]]:
     return {f.name: (hints[f.name], f) for f in dataclasses.fields(section_cls)}
 
 
+def _section_fields(cls, section: str, names) -> dict[str, tuple[Any, dataclasses.Field]]:
+    """The fields of ``[section]`` of ``cls``; ConfigError naming an unknown section or field."""
+    sections = _sections(cls)
+    if section not in sections:
+        raise ConfigError(section, f"unknown section; known sections: {', '.join(sections)}")
+    fields = _fields(sections[section])
+    for name in sorted(set(names) - set(fields)):
+        key = f"{section}.{name}"
+        if key in MOVED:
+            raise ConfigError(key, f"no longer a field: {MOVED[key]}")
+        raise ConfigError(key, f"unknown field; fields of [{section}]: {', '.join(fields)}")
+    return fields
+
+
 def _build(cls, tables: Mapping[str, Mapping[str, Any]], *, from_text: bool = False):
     """Instantiate config class ``cls`` from {section: {field: value}}."""
-    sections = _sections(cls)
-    unknown = set(tables) - set(sections)
-    if unknown:
-        name = sorted(unknown)[0]
-        raise ConfigError(name, f"unknown section; known sections: {', '.join(sections)}")
     defaults = cls()  # a mode's own defaults (e.g. decentralized: model.name = "linear")
     built = {}
-    for section, section_cls in sections.items():
+    for section in tables:
+        _section_fields(cls, section, ())
+    for section in _sections(cls):
         given = tables.get(section, {})
         if not isinstance(given, Mapping):
             raise ConfigError(section, "expected a table")
-        fields = _fields(section_cls)
-        unknown = set(given) - set(fields)
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ConfigError(f"{section}.{name}",
-                              f"unknown field; fields of [{section}]: {', '.join(fields)}")
+        fields = _section_fields(cls, section, given)
         kwargs = {name: _coerce(f"{section}.{name}", fields[name][0], value, from_text=from_text)
                   for name, value in given.items()}
         built[section] = dataclasses.replace(getattr(defaults, section), **kwargs)
     return cls(**built)
 
 
-def _merge(base: dict, overrides: Mapping) -> dict:
-    merged = {key: dict(value) if isinstance(value, Mapping) else value for key, value in base.items()}
-    for section, values in overrides.items():
-        target = merged.setdefault(section, {})
-        if not isinstance(target, dict):
-            raise ConfigError(section, "expected a table")
-        for key, value in values.items():
-            if isinstance(value, Mapping) and isinstance(target.get(key), Mapping):
-                target[key] = {**target[key], **value}
-            else:
-                target[key] = value
+def _deep_merge(base: Mapping, overrides: Mapping) -> dict:
+    """``base`` with ``overrides`` laid over it; tables are merged key by key, at every depth."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
     return merged
 
 
@@ -323,11 +382,19 @@ def dumps(cfg) -> str:
 
 
 def load_toml(path: str | Path) -> dict:
+    """The tables of a TOML file; ConfigError naming ``--config`` for anything unreadable."""
     try:
         with open(path, "rb") as stream:
             return tomllib.load(stream)
     except FileNotFoundError:
         raise ConfigError("--config", f"file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError("--config", f"{path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not UTF-8 text (TOML files must be): byte "
+                                      f"{exc.start} is {exc.object[exc.start:exc.start + 1]!r}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
 
@@ -340,7 +407,8 @@ def _help_text(cls) -> str:
     out.write("configuration fields (TOML table.field, or --table.field VALUE on the command line):\n")
     defaults = cls()
     for section, section_cls in _sections(cls).items():
-        out.write(f"\n  [{section}]\n")
+        doc = " ".join((section_cls.__doc__ or "").split()).partition(": ")[2]
+        out.write(f"\n  [{section}]" + (f"  {doc}" if doc else "") + "\n")
         for name, (annotation, fld) in _fields(section_cls).items():
             default = getattr(getattr(defaults, section), name)
             shown = dict(default) if isinstance(default, Mapping) else default
@@ -350,11 +418,20 @@ def _help_text(cls) -> str:
     return out.getvalue()
 
 
+def _nest(path: list[str], value: Any) -> dict:
+    """{"a": {"b": value}} from ["a", "b"]."""
+    for key in reversed(path):
+        value = {key: value}
+    return value
+
+
 def parse_args(cls, argv: list[str] | None, *, prog: str, description: str, extra_help: str = ""):
     """Build config ``cls`` from ``--config FILE`` and ``--section.field value`` overrides.
 
+    A key inside a parameter table is reached with more dots, at any depth:
+    ``--aggregator.params.m 2``, ``--aggregator.pre_params.bucketing.s 3``.
     Raises ConfigError for any unknown or ill-typed field. ``--help`` prints
-    every field with its default and exits.
+    every field with its default and exits. Returns (config, print_only).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
@@ -362,10 +439,10 @@ def parse_args(cls, argv: list[str] | None, *, prog: str, description: str, extr
         epilog=_help_text(cls) + extra_help, allow_abbrev=False)
     parser.add_argument("--config", metavar="FILE", help="TOML file with any of the fields below")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved configuration as TOML and exit")
+                        help="print the resolved configuration as TOML and exit (no mpiexec needed)")
     known, rest = parser.parse_known_args(argv)
 
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, Any] = {}
     i = 0
     while i < len(rest):
         token = rest[i]
@@ -378,38 +455,25 @@ def parse_args(cls, argv: list[str] | None, *, prog: str, description: str, extr
             value = rest[i + 1]
             i += 1
         i += 1
-        section, _, name = key.partition(".")
-        if "." in name:  # a key inside a parameter table: --aggregator.params.m 2
-            table, _, sub = name.partition(".")
-            overrides.setdefault(section, {}).setdefault(table, {})[sub] = _parse_literal(value)
+        section, name, *inside = key.split(".")
+        if not section or not name or not all(inside):
+            raise ConfigError(key, "expected --section.field VALUE (see --help)")
+        fields = _section_fields(cls, section, [name])
+        if inside:  # a key inside a parameter table: --aggregator.params.m 2
+            if not _is_table(fields[name][0]):
+                raise ConfigError(key, f"{section}.{name} is not a table of parameters")
+            value = _parse_literal(value)
         else:
-            overrides.setdefault(section, {})[name] = value
+            value = _coerce(key, fields[name][0], value, from_text=True)
+        overrides = _deep_merge(overrides, _nest([section, name, *inside], value))
 
     tables = load_toml(known.config) if known.config else {}
-    text_overrides = _typed_overrides(cls, overrides)
-    cfg = _build(cls, _merge(tables, text_overrides))
+    cfg = _build(cls, _deep_merge(tables, overrides))
     return cfg, known.print_config
 
 
-def _typed_overrides(cls, overrides: Mapping[str, Mapping[str, Any]]) -> dict:
-    """Convert command-line strings to the fields' types (tables stay as parsed)."""
-    sections = _sections(cls)
-    typed: dict[str, dict[str, Any]] = {}
-    for section, values in overrides.items():
-        if section not in sections:
-            raise ConfigError(section, f"unknown section; known sections: {', '.join(sections)}")
-        fields = _fields(sections[section])
-        for name, value in values.items():
-            if name not in fields:
-                raise ConfigError(f"{section}.{name}",
-                                  f"unknown field; fields of [{section}]: {', '.join(fields)}")
-            annotation = fields[name][0]
-            if isinstance(value, dict):
-                typed.setdefault(section, {})[name] = value
-            else:
-                typed.setdefault(section, {})[name] = _coerce(
-                    f"{section}.{name}", annotation, value, from_text=True)
-    return typed
+def _is_table(annotation) -> bool:
+    return annotation is Mapping or typing.get_origin(annotation) in (Mapping, collections.abc.Mapping, dict)
 
 
 # ---------------------------------------------------------------- validation
@@ -420,85 +484,169 @@ def require(condition: bool, field_name: str, message: str) -> None:
         raise ConfigError(field_name, message)
 
 
+def _raise(problem: tuple[str, str] | None) -> None:
+    """Raise the (field, message) a library check returned, if any."""
+    if problem:
+        raise ConfigError(*problem)
+
+
 def validate_run(run: RunConfig) -> None:
     require(run.seed >= 0, "run.seed", f"must be >= 0, got {run.seed}")
     require(run.rounds >= 1, "run.rounds", f"must be >= 1, got {run.rounds}")
     require(run.eval_every >= 1, "run.eval_every", f"must be >= 1, got {run.eval_every}")
+    name = run.name
+    require(name == "" or (name not in (".", "..") and not any(c in name for c in "/\\\0")
+                           and name.strip() == name), "run.name",
+            f"must be a single directory name (no '/', not '.' or '..', no surrounding spaces), "
+            f"got {name!r}")
+    require(len(name.encode("utf-8", "surrogateescape")) <= 200, "run.name",
+            f"must be at most 200 bytes, got {len(name.encode('utf-8', 'surrogateescape'))}")
+    require(run.out_dir != "", "run.out_dir", "must name a directory (e.g. results)")
+    # What can be seen without creating anything; the driver creates the directory
+    # before any work starts and reports what this cannot foresee (permissions, /proc).
+    out = Path(run.out_dir).expanduser()
+    for parent in (out, *out.parents):
+        if parent.exists() or parent.is_symlink():
+            require(parent.is_dir(), "run.out_dir",
+                    f"{run.out_dir} is not a directory" if parent == out else
+                    f"{run.out_dir} lies under {parent}, which is not a directory")
+            break
+    if name:
+        require(not (out / name).exists(), "run.name",
+                f"{out / name} already exists: runs never write into another run's directory; "
+                f"choose another run.name or remove it")
 
 
-def validate_model(model_cfg: ModelConfig) -> None:
+def validate_optim(optim: OptimConfig) -> None:
+    from .learning import schedules
+
+    _raise(schedules.check(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power))
+
+
+def validate_problem(cfg, *, num_shards: int) -> int:
+    """Check data set, model and partition together; returns the training set size.
+
+    The data set must exist and give every one of the ``num_shards`` agents
+    or nodes at least one batch (the whole partition is computed here, from
+    the labels alone); the model must learn what the data set holds
+    (classification or regression).
+    """
+    from . import datasets
+    from .datasets import partition
     from .learning import models
 
+    data_cfg, model_cfg = cfg.data, cfg.model
+    require(data_cfg.name in datasets.REGISTRY, "data.name",
+            f"unknown data set {data_cfg.name!r}; known: {', '.join(datasets.REGISTRY)}")
+    _raise(datasets.check_params(data_cfg.name, dict(data_cfg.params)))
     require(model_cfg.name in models.MODELS, "model.name",
             f"unknown model {model_cfg.name!r}; known: {', '.join(models.MODELS)}")
-    require(model_cfg.init in ("default", "zero"), "model.init",
-            f"must be default or zero, got {model_cfg.init!r}")
+    require(model_cfg.init in models.INITS, "model.init",
+            f"must be one of {', '.join(models.INITS)}, got {model_cfg.init!r}")
+    _raise(models.check_params(model_cfg.name, dict(model_cfg.params)))
+    spec, model_kind = datasets.REGISTRY[data_cfg.name], models.MODELS[model_cfg.name].kind
+    require(spec.kind == model_kind, "model.name",
+            f"{model_cfg.name} is a {model_kind} model but {data_cfg.name} is a {spec.kind} data set")
+    require(data_cfg.batch_size >= 0, "data.batch_size",
+            f"must be >= 0 (0: the whole local shard), got {data_cfg.batch_size}")
+    require(data_cfg.partition in partition.PARTITIONS, "data.partition",
+            f"unknown partition {data_cfg.partition!r}; known: {', '.join(partition.PARTITIONS)}")
+    require(math.isfinite(data_cfg.alpha) and data_cfg.alpha > 0, "data.alpha",
+            f"must be a positive number, got {data_cfg.alpha}")
+    require(data_cfg.shards_per_agent >= 1, "data.shards_per_agent",
+            f"must be >= 1, got {data_cfg.shards_per_agent}")
 
-
-def validate_data(data_cfg: DataConfig, *, num_shards: int, min_batch: int = 1) -> int:
-    """Check the data set exists and can give ``num_shards`` shards; returns the training set size."""
-    from . import datasets as data  # local: keeps `import mpisim.config` light
-
-    require(data_cfg.name in data.DATASETS, "data.name",
-            f"unknown data set {data_cfg.name!r}; known: {', '.join(data.DATASETS)}")
-    require(data_cfg.batch_size >= min_batch, "data.batch_size",
-            f"must be >= {min_batch}, got {data_cfg.batch_size}")
-    require(data_cfg.test_size >= 0, "data.test_size", f"must be >= 0, got {data_cfg.test_size}")
-    require(data_cfg.train_size >= 0, "data.train_size", f"must be >= 0, got {data_cfg.train_size}")
+    args = dict(params=dict(data_cfg.params), seed=cfg.run.seed)
     try:
-        train = data.num_samples(data_cfg.name, data_cfg.root, "train")
-        data.num_samples(data_cfg.name, data_cfg.root, "test")
-    except (data.DataError, OSError) as exc:
+        sizes = {split: datasets.num_samples(data_cfg.name, data_cfg.root, split, **args)
+                 for split in ("train", "test")}
+    except (datasets.DataError, OSError) as exc:
         raise ConfigError("data.root", f"cannot read data set {data_cfg.name!r}: {exc}") from None
-    if data_cfg.train_size:
-        require(data_cfg.train_size <= train, "data.train_size",
-                f"the training set has {train} samples, fewer than {data_cfg.train_size}")
-        train = data_cfg.train_size
+    for split, wanted in (("train", data_cfg.train_size), ("test", data_cfg.test_size)):
+        require(wanted >= 0, f"data.{split}_size", f"must be >= 0, got {wanted}")
+        require(wanted <= sizes[split], f"data.{split}_size",
+                f"the {split} set of {data_cfg.name} has {sizes[split]} samples, fewer than {wanted}")
+    train = data_cfg.train_size or sizes["train"]
     require(train >= num_shards, "data.train_size" if data_cfg.train_size else "data.name",
             f"{train} training samples cannot give each of {num_shards} shards a sample")
+    try:
+        make_partition(cfg, num_shards, labels=datasets.labels(data_cfg.name, data_cfg.root, "train", **args),
+                       num_samples=sizes["train"])
+    except datasets.DataError as exc:
+        raise ConfigError("data.partition", f"{exc} (min_size here is data.batch_size, at least 1: "
+                                            f"every agent or node draws its batches from its shard)") from None
     return train
 
 
-def validate_server_mode(cfg: ServerModeConfig, world_size: int) -> None:
-    """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks."""
+def make_partition(cfg, num_shards: int, *, labels, num_samples: int):
+    """The partition of the training set a run uses (the same at validation and in the run)."""
+    from .datasets import partition
+
+    data_cfg = cfg.data
+    return partition.partition(data_cfg.partition, num_samples=num_samples, labels=labels,
+                               num_agents=num_shards, seed=cfg.run.seed, subset=data_cfg.train_size,
+                               alpha=data_cfg.alpha, shards_per_agent=data_cfg.shards_per_agent,
+                               min_size=max(1, data_cfg.batch_size))
+
+
+def _validate_run_of(cfg, world_size: int | None, *, section: str, servers: int, least: int) -> None:
+    """What every protocol checks: the run, the agents' or nodes' count and placement on
+    ``servers`` + ceil(n / per_rank) ranks, the step sizes, and the learning problem."""
+    validate_run(cfg.run)
+    placement = getattr(cfg, section)
+    n, per_rank = placement.n, placement.per_rank
+    require(n >= least, f"{section}.n", f"must be >= {least}, got {n}")
+    require(per_rank >= 1, f"{section}.per_rank", f"must be >= 1, got {per_rank}")
+    needed = servers + math.ceil(n / per_rank)
+    if world_size is not None:  # None: --print-config, no job to fit
+        server_text = f"1 server + {needed - 1} agent ranks" if servers else f"{needed} ranks"
+        require(world_size == needed, f"{section}.per_rank",
+                f"{n} {section} at {per_rank} per rank need {needed} MPI ranks ({server_text}), but the "
+                f"job has {world_size}; run with mpiexec -n {needed}, or change {section}.n / "
+                f"{section}.per_rank")
+    validate_optim(cfg.optim)
+    validate_problem(cfg, num_shards=n)
+
+
+def _validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequence[str],
+                        extra_faults: Sequence[str] = (), why_not: str = "") -> None:
+    """The faulty agents or nodes: a known fault, a count leaving one honest, valid ids and params."""
     from .rules import attacks
 
-    validate_run(cfg.run)
+    if byz.fault == "none":
+        return
+    require(byz.fault in usable or byz.fault in extra_faults, "byzantine.fault",
+            f"{byz.fault!r} is not a fault {noun} can run here; known: none, "
+            f"{', '.join((*extra_faults, *usable))}{why_not}")
+    require(0 <= byz.count < n, "byzantine.count",
+            f"must be in [0, {n - 1}] so that at least one of the {n} {noun} is honest, got {byz.count}")
+    if byz.ids:
+        require(len(byz.ids) == byz.count, "byzantine.ids",
+                f"lists {len(byz.ids)} {noun} but byzantine.count is {byz.count}")
+        require(len(set(byz.ids)) == len(byz.ids), "byzantine.ids", f"repeats an id: {list(byz.ids)}")
+        require(all(0 <= i < n for i in byz.ids), "byzantine.ids",
+                f"ids must be in [0, {n - 1}], got {list(byz.ids)}")
+    if byz.fault in attacks.REGISTRY:
+        message = attacks.check(byz.fault, n, byz.count, params=dict(byz.params))
+        if message:
+            raise ConfigError("byzantine.params" if "param" in message else "byzantine.fault", message)
+    else:
+        require(not byz.params, "byzantine.params", f"{byz.fault} takes no parameters")
+
+
+def validate_server_mode(cfg: ServerModeConfig, world_size: int | None) -> None:
+    """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (None: skip the rank count)."""
+    from .rules import attacks
+
     n = cfg.agents.n
-    require(n >= 1, "agents.n", f"must be >= 1, got {n}")
-    require(cfg.agents.per_rank >= 1, "agents.per_rank", f"must be >= 1, got {cfg.agents.per_rank}")
-    needed = 1 + math.ceil(n / cfg.agents.per_rank)
-    require(world_size == needed, "agents.per_rank",
-            f"{n} agents at {cfg.agents.per_rank} per rank need {needed} MPI ranks "
-            f"(1 server + {needed - 1} agent ranks), but the job has {world_size}; "
-            f"run with mpiexec -n {needed}, or change agents.n / agents.per_rank")
-    validate_model(cfg.model)
-    require(math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0, "optim.lr",
-            f"the step size must be a positive number, got {cfg.optim.lr}")
-    validate_data(cfg.data, num_shards=n)
+    _validate_run_of(cfg, world_size, section="agents", servers=1, least=1)
 
     agg = cfg.aggregator
     require(agg.f >= 0, "aggregator.f", f"must be >= 0, got {agg.f}")
     require(0.0 <= agg.averaging < 1.0, "aggregator.averaging",
             f"alpha must be in [0, 1), got {agg.averaging}")
     _validate_aggregator(agg, n)
-
-    byz = cfg.byzantine
-    if byz.fault == "none":
-        return
-    require(byz.fault in attacks.REGISTRY, "byzantine.fault",
-            f"unknown fault {byz.fault!r}; known: none, {', '.join(attacks.REGISTRY)}")
-    require(0 <= byz.count < n, "byzantine.count",
-            f"must be in [0, n-1] so that at least one agent is honest, got {byz.count} with n={n}")
-    if byz.ids:
-        require(len(byz.ids) == byz.count, "byzantine.ids",
-                f"lists {len(byz.ids)} agents but byzantine.count is {byz.count}")
-        require(len(set(byz.ids)) == len(byz.ids), "byzantine.ids", f"repeats an id: {list(byz.ids)}")
-        require(all(0 <= i < n for i in byz.ids), "byzantine.ids",
-                f"ids must be in [0, {n - 1}], got {list(byz.ids)}")
-    message = attacks.check(byz.fault, n, byz.count, params=dict(byz.params))
-    if message:
-        raise ConfigError("byzantine.params" if "param" in message else "byzantine.fault", message)
+    _validate_byzantine(cfg.byzantine, n, noun="agents", usable=tuple(attacks.REGISTRY))
 
 
 def _validate_aggregator(agg: AggregatorConfig, n: int) -> None:
@@ -514,6 +662,16 @@ def _validate_aggregator(agg: AggregatorConfig, n: int) -> None:
     for key in agg.params:
         require(key in accepted, f"aggregator.params.{key}",
                 f"{agg.name} has no parameter {key!r}; its parameters: {', '.join(accepted) or 'none'}")
+    for step, step_params in agg.pre_params.items():
+        require(step in agg.pre, f"aggregator.pre_params.{step}",
+                f"{step!r} is not one of the pre-aggregation steps {list(agg.pre)} (aggregator.pre)")
+        require(isinstance(step_params, Mapping), f"aggregator.pre_params.{step}",
+                f"expected a table of {step}'s parameters, e.g. --aggregator.pre_params.{step}.NAME "
+                f"VALUE or pre_params = {{{step} = {{NAME = VALUE}}}} in TOML, got {step_params!r}")
+        accepted = aggregators.param_defaults(step)
+        for key in step_params:
+            require(key in accepted, f"aggregator.pre_params.{step}.{key}",
+                    f"{step} has no parameter {key!r}; its parameters: {', '.join(accepted) or 'none'}")
     params = dict(agg.params)
     pre_params = {k: dict(v) for k, v in agg.pre_params.items()}
     message = aggregators.check_pipeline(agg.name, n, agg.f, params=params, pre=agg.pre,
@@ -529,20 +687,13 @@ def _validate_aggregator(agg: AggregatorConfig, n: int) -> None:
 DECENTRALIZED_FAULTS_EXTRA = ("init_random",)  # faults of the decentralized mode itself
 
 
-def validate_decentralized(cfg: DecentralizedConfig, world_size: int) -> None:
+def validate_decentralized(cfg: DecentralizedConfig, world_size: int | None) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (before the graph is drawn)."""
+    from .graphs import topology
     from .rules import attacks, screening
 
-    validate_run(cfg.run)
     n = cfg.nodes.n
-    require(n >= 2, "nodes.n", f"must be >= 2, got {n}")
-    require(cfg.nodes.per_rank >= 1, "nodes.per_rank", f"must be >= 1, got {cfg.nodes.per_rank}")
-    needed = math.ceil(n / cfg.nodes.per_rank)
-    require(world_size == needed, "nodes.per_rank",
-            f"{n} nodes at {cfg.nodes.per_rank} per rank need {needed} MPI ranks, but the job has "
-            f"{world_size}; run with mpiexec -n {needed}, or change nodes.n / nodes.per_rank")
-    validate_model(cfg.model)
-    validate_data(cfg.data, num_shards=n, min_batch=0)
+    _validate_run_of(cfg, world_size, section="nodes", servers=0, least=2)
 
     graph = cfg.graph
     require(0.0 < graph.p <= 1.0, "graph.p", f"edge probability must be in (0, 1], got {graph.p}")
@@ -555,37 +706,22 @@ def validate_decentralized(cfg: DecentralizedConfig, world_size: int) -> None:
     require(scr.name in screening.SCREENS, "screening.name",
             f"unknown screening {scr.name!r}; known: {', '.join(screening.SCREENS)}")
     require(scr.b >= 0, "screening.b", f"must be >= 0, got {scr.b}")
-    require(2 * scr.b < n - 1, "screening.b",
-            f"BRIDGE needs every honest node to have more than 2b = {2 * scr.b} neighbours, "
-            f"impossible with n = {n} nodes")
+    need = topology.required_degree(scr.b if scr.name != "local" else 0,
+                                    min_degree=screening.min_degree(scr.name, scr.b))
+    require(need <= n - 1, "screening.b",
+            f"{screening.describe(scr.name)} with b={scr.b} needs every honest node to have at least "
+            f"{need} neighbours, impossible with n = {n} nodes (at most n - 1 = {n - 1})")
+    require(graph.redraw <= topology.MAX_REDRAW, "graph.redraw",
+            f"must be at most {topology.MAX_REDRAW:,} (each redraw is a new graph to check), "
+            f"got {graph.redraw}")
 
     local = cfg.local
     require(local.method in ("gd", "adam"), "local.method", f"must be gd or adam, got {local.method!r}")
     require(local.order in ("screen_then_step", "step_then_screen"), "local.order",
             f"must be screen_then_step or step_then_screen, got {local.order!r}")
-    for name in ("lam", "t0", "lr"):
-        value = getattr(local, name)
-        require(math.isfinite(value) and value > 0, f"local.{name}", f"must be positive, got {value}")
     require(math.isfinite(local.l2) and local.l2 >= 0, "local.l2", f"must be >= 0, got {local.l2}")
 
-    byz = cfg.byzantine
-    if byz.fault == "none":
-        return
     usable = [name for name, a in attacks.REGISTRY.items() if a.kind == "message" and not a.omniscient]
-    require(byz.fault in usable or byz.fault in DECENTRALIZED_FAULTS_EXTRA, "byzantine.fault",
-            f"{byz.fault!r} is not a fault Byzantine nodes can run here; known: none, "
-            f"{', '.join(DECENTRALIZED_FAULTS_EXTRA + tuple(usable))} (omniscient and data faults "
-            f"are server-mode only)")
-    require(0 <= byz.count < n, "byzantine.count", f"must be in [0, {n - 1}], got {byz.count}")
-    if byz.ids:
-        require(len(byz.ids) == byz.count, "byzantine.ids",
-                f"lists {len(byz.ids)} nodes but byzantine.count is {byz.count}")
-        require(len(set(byz.ids)) == len(byz.ids), "byzantine.ids", f"repeats an id: {list(byz.ids)}")
-        require(all(0 <= i < n for i in byz.ids), "byzantine.ids",
-                f"ids must be in [0, {n - 1}], got {list(byz.ids)}")
-    if byz.fault in attacks.REGISTRY:
-        message = attacks.check(byz.fault, n, byz.count, params=dict(byz.params))
-        if message:
-            raise ConfigError("byzantine.params", message)
-    else:
-        require(not byz.params, "byzantine.params", f"{byz.fault} takes no parameters")
+    _validate_byzantine(cfg.byzantine, n, noun="nodes", usable=usable,
+                        extra_faults=DECENTRALIZED_FAULTS_EXTRA,
+                        why_not=" (omniscient and data faults are server-mode only)")

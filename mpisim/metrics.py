@@ -4,13 +4,14 @@ A run directory holds
 
 - ``config.toml``: the resolved configuration (reload it with ``--config``);
 - ``metrics.jsonl``: one JSON object per evaluation (round, wall time, losses,
-  accuracies, bytes moved so far, ...);
+  test metrics, bytes moved so far, ...), appended one line at a time;
 - ``summary.json``: final figures, timings per phase, peak memory per rank.
 
-Every file is replaced atomically (written to a temporary file in the same
-directory, flushed to disk, then renamed over the old one), so a crash at any
-moment leaves either the previous complete file or the new complete one.
-Non-finite floats (a diverged model) are written as ``null``.
+Every other file is replaced atomically (written to a temporary file in the
+same directory, flushed to disk, then renamed over the old one), so a crash
+at any moment leaves either the previous complete file or the new complete
+one; the metrics log is append-only (see :class:`RunLog`). Non-finite floats
+(a diverged model) are written as ``null``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def to_json(value: Any, **kwargs) -> str:
 
 
 def unique_dir(parent: str | os.PathLike, name: str) -> Path:
-    """``parent/name``, or ``parent/name-2``, ``-3``... if taken; created empty."""
+    """``parent/name``, or ``parent/name-2``, ``-3``... if taken; created empty (``parent`` too)."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     candidate, suffix = parent / name, 1
@@ -74,23 +75,57 @@ def unique_dir(parent: str | os.PathLike, name: str) -> Path:
             candidate = parent / f"{name}-{suffix}"
 
 
-class RunLog:
-    """The files of one run directory (written by one rank only)."""
+def make_run_dir(out_dir: str | os.PathLike, name: str, default_name: str) -> Path:
+    """Create the run directory: ``out_dir/name`` (which must not exist yet), or, with no name,
+    ``out_dir/default_name`` made unique with a -2, -3... suffix. Raises OSError."""
+    if name:
+        parent = Path(out_dir).expanduser()
+        parent.mkdir(parents=True, exist_ok=True)
+        (parent / name).mkdir()  # FileExistsError if taken: runs never share a directory
+        return parent / name
+    return unique_dir(Path(out_dir).expanduser(), default_name)
 
-    def __init__(self, directory: str | os.PathLike, config_toml: str):
+
+class RunLog:
+    """The files of one run directory (written by one rank only).
+
+    ``metrics.jsonl`` is appended to one line at a time: each record is one
+    ``write`` of the whole line on a file opened in append mode, followed by
+    ``fdatasync``, so the cost of a line does not grow with the log and a
+    crash can at worst leave the last line incomplete, which
+    :func:`read_jsonl` drops (and which is cut off when the log is reopened).
+    """
+
+    def __init__(self, directory: str | os.PathLike, config_toml: str, *, append: bool = False):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.records: list[dict] = []
         atomic_write(self.dir / "config.toml", config_toml)
-        atomic_write(self.dir / "metrics.jsonl", "")
+        path = self.dir / "metrics.jsonl"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        self._fd = os.open(path, flags, 0o666)
+        if append:
+            _drop_torn_tail(self._fd)
 
     def log(self, record: dict) -> None:
-        """Append one evaluation record to metrics.jsonl (rewritten atomically)."""
-        self.records.append(finite_or_none(record))
-        atomic_write(self.dir / "metrics.jsonl", "".join(to_json(r) + "\n" for r in self.records))
+        """Append one evaluation record to metrics.jsonl, durably."""
+        line = (to_json(record) + "\n").encode("utf-8")
+        written = os.write(self._fd, line)
+        if written != len(line):  # a short write (disk full): cut it off, then fail loudly
+            _drop_torn_tail(self._fd)
+            raise OSError(f"metrics.jsonl: wrote {written} of {len(line)} bytes")
+        os.fdatasync(self._fd) if hasattr(os, "fdatasync") else os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def summary(self, summary: dict) -> None:
         atomic_write(self.dir / "summary.json", to_json(summary, indent=2) + "\n")
+
+    def save_json(self, name: str, value) -> None:
+        """Write NAME (a JSON file of the run) atomically."""
+        atomic_write(self.dir / name, to_json(value, indent=1) + "\n")
 
     def save_array(self, name: str, array) -> None:
         """Write ``array`` as NAME.npy (numpy's format)."""
@@ -103,9 +138,37 @@ class RunLog:
         atomic_write(self.dir / f"{name}.npy", buffer.getvalue())
 
 
+def _drop_torn_tail(fd: int) -> None:
+    """Truncate the file open at ``fd`` after its last newline (an incomplete last line)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    keep, step = size, 4096
+    while keep > 0:
+        start = max(0, keep - step)
+        chunk = os.pread(fd, keep - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        keep = start
+    if keep != size:
+        os.ftruncate(fd, keep)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file; an incomplete last line (a crash mid-write) is dropped."""
     with open(path, encoding="utf-8") as stream:
-        return [json.loads(line) for line in stream if line.strip()]
+        text = stream.read()
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]  # tail: after the last newline ("" if the file is whole)
+    records = [json.loads(line) for line in complete if line.strip()]
+    if tail.strip():
+        try:
+            records.append(json.loads(tail))  # written whole, only the newline missing
+        except json.JSONDecodeError:
+            pass
+    return records
 
 
 def default_run_name(parts: Iterable[str]) -> str:

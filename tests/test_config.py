@@ -81,12 +81,12 @@ def test_valid_default_passes_on_eleven_ranks():
     (["--aggregator.name", "multikrum", "--aggregator.params.m", "12"], 11, "aggregator.params", "m"),
     (["--aggregator.pre", "nnm,shuffle"], 11, "aggregator.pre", "shuffle"),
     (["--byzantine.fault", "nosuch"], 11, "byzantine.fault", "nosuch"),
-    (["--byzantine.count", "10"], 11, "byzantine.count", "at least one agent is honest"),
+    (["--byzantine.count", "10"], 11, "byzantine.count", "at least one of the 10 agents is honest"),
     (["--byzantine.ids", "1,2"], 11, "byzantine.ids", "byzantine.count is 1"),
     (["--byzantine.ids", "12"], 11, "byzantine.ids", "[0, 9]"),
     (["--data.name", "mnist", "--data.root", "/nonexistent/dir"], 11, "data.root", "does not exist"),
     (["--data.name", "mnist"], 11, "data.root", "set data.root"),
-    (["--data.batch_size", "0"], 11, "data.batch_size", ">= 1"),
+    (["--data.batch_size", "-1"], 11, "data.batch_size", ">= 0"),
     (["--run.rounds", "0"], 11, "run.rounds", ">= 1"),
     (["--aggregator.averaging", "1.0"], 11, "aggregator.averaging", "[0, 1)"),
 ])
@@ -95,3 +95,126 @@ def test_validation_names_field_and_constraint(argv, world, field, words):
         config.validate_server_mode(parse(argv), world_size=world)
     assert info.value.field == field
     assert words in str(info.value)
+
+
+# ---------------------------------------------------------------- defects found by a demanding user
+
+
+def test_a_step_parameter_is_reached_with_dots_at_any_depth():
+    cfg = parse(["--aggregator.name", "cwtm", "--aggregator.pre", "bucketing",
+                 "--aggregator.pre_params.bucketing.s", "3"])
+
+    assert dict(cfg.aggregator.pre_params) == {"bucketing": {"s": 3}}
+    config.validate_server_mode(cfg, world_size=11)
+
+
+def test_a_step_parameter_that_is_not_a_table_is_a_config_error(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[aggregator]\nname = "cwtm"\npre = ["bucketing"]\npre_params = {bucketing = 3}\n')
+
+    with pytest.raises(ConfigError) as info:
+        config.validate_server_mode(parse(["--config", str(path)]), world_size=11)
+    assert info.value.field == "aggregator.pre_params.bucketing" and "expected a table" in str(info.value)
+
+
+def test_an_unknown_step_parameter_names_it():
+    cfg = parse(["--aggregator.name", "cwtm", "--aggregator.pre", "bucketing",
+                 "--aggregator.pre_params.bucketing.size", "3"])
+
+    with pytest.raises(ConfigError) as info:
+        config.validate_server_mode(cfg, world_size=11)
+    assert info.value.field == "aggregator.pre_params.bucketing.size"
+
+
+@pytest.mark.parametrize("make_out_dir, words", [
+    (lambda tmp: tmp / "a-file", "is not a directory"),
+    (lambda tmp: tmp / "a-file" / "below", "lies under"),
+    (lambda tmp: "/dev/null", "is not a directory"),
+])
+def test_an_out_dir_that_cannot_be_a_directory_is_refused(tmp_path, make_out_dir, words):
+    (tmp_path / "a-file").write_text("x")
+
+    with pytest.raises(ConfigError) as info:
+        config.validate_run(config.RunConfig(out_dir=str(make_out_dir(tmp_path))))
+    assert info.value.field == "run.out_dir" and words in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["a/b", "../escaped", "/abs/name", "..", ".", " padded", "x\0y"])
+def test_a_run_name_must_be_one_directory_name(tmp_path, name):
+    with pytest.raises(ConfigError) as info:
+        config.validate_run(config.RunConfig(out_dir=str(tmp_path), name=name))
+    assert info.value.field == "run.name"
+
+
+def test_a_run_name_in_use_is_refused(tmp_path):
+    (tmp_path / "taken").mkdir()
+
+    with pytest.raises(ConfigError, match="already exists") as info:
+        config.validate_run(config.RunConfig(out_dir=str(tmp_path), name="taken"))
+    assert info.value.field == "run.name"
+
+
+def test_config_that_is_a_directory_or_not_utf8_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory") as info:
+        parse(["--config", str(tmp_path)])
+    assert info.value.field == "--config"
+    latin = tmp_path / "latin1.toml"
+    latin.write_bytes('[run]\nname = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        parse(["--config", str(latin)])
+    assert info.value.field == "--config"
+
+
+def test_test_size_beyond_the_test_set_is_refused_like_train_size():
+    with pytest.raises(ConfigError) as info:
+        config.validate_server_mode(parse(["--data.test_size", "2001"]), world_size=11)
+    assert info.value.field == "data.test_size" and "has 2000 samples" in str(info.value)
+
+
+def test_print_config_needs_no_job_size():
+    config.validate_server_mode(parse([]), world_size=None)
+
+
+def test_a_moved_field_says_where_it_went():
+    with pytest.raises(ConfigError) as info:
+        config.parse_args(config.DecentralizedConfig, ["--local.lam", "2"], prog="t", description="t")
+    assert info.value.field == "local.lam" and "--optim.lr" in str(info.value)
+
+
+def test_decentralized_help_names_the_models_file():
+    assert "models.npy" in config._help_text(config.DecentralizedConfig)
+
+
+def test_a_model_must_learn_what_the_data_set_holds():
+    with pytest.raises(ConfigError) as info:
+        config.validate_server_mode(parse(["--model.name", "least_squares"]), world_size=11)
+    assert info.value.field == "model.name" and "regression" in str(info.value)
+
+
+def test_a_partition_leaving_an_agent_short_of_a_batch_names_the_agent():
+    # label_shards of 6,000 samples over 100 agents: 200 shards of 30, 60 samples an agent.
+    cfg = parse(["--agents.n", "100", "--aggregator.name", "mean", "--data.partition", "label_shards",
+                 "--data.batch_size", "61"])
+
+    with pytest.raises(ConfigError) as info:
+        config.validate_server_mode(cfg, world_size=101)
+    assert info.value.field == "data.partition" and "agent" in str(info.value)
+
+
+def test_an_impossible_bulyan_b_is_caught_at_config_time_with_bulyans_bound():
+    # BRIDGE-B needs 4b + 2 = 22 neighbours at b = 5: impossible with 20 nodes, although 2b < n - 1.
+    cfg, _ = config.parse_args(config.DecentralizedConfig, ["--screening.name", "bridge_b",
+                                                            "--screening.b", "5"], prog="t", description="t")
+
+    with pytest.raises(ConfigError) as info:
+        config.validate_decentralized(cfg, world_size=20)
+    assert info.value.field == "screening.b" and "4b + 2" in str(info.value) and "22" in str(info.value)
+
+
+def test_graph_redraw_is_bounded():
+    cfg, _ = config.parse_args(config.DecentralizedConfig, ["--graph.redraw", "1000000"], prog="t",
+                               description="t")
+
+    with pytest.raises(ConfigError) as info:
+        config.validate_decentralized(cfg, world_size=20)
+    assert info.value.field == "graph.redraw"

@@ -1,10 +1,13 @@
-"""Data: the IDX reader, the built-in set, partitions and per-agent sampling."""
+"""Data: the IDX reader, the built-in set, the registry, the Dataset class and the sampler."""
 
 import gzip
+import json
+import pickle
 import struct
 
 import numpy as np
 import pytest
+import torch
 
 from mpisim import datasets as data
 from mpisim.datasets import build
@@ -56,7 +59,7 @@ def test_load_reads_uncompressed_files_from_any_directory(tmp_path):
 
     ds = data.load("mnist", tmp_path, "train")
 
-    assert ds.images.shape == (5, 1, 28, 28) and ds.labels.tolist() == [0, 1, 2, 9, 4]
+    assert ds.inputs.shape == (5, 1, 28, 28) and ds.targets.tolist() == [0, 1, 2, 9, 4]
     assert data.num_samples("mnist", tmp_path, "test") == 5
     x, y = ds.tensors(np.array([3]))
     expected = (images[3].astype(np.float32) / 255 - 0.1307) / 0.3081
@@ -77,9 +80,9 @@ def test_builtin_set_loads_with_all_ten_classes():
     train = data.load("mnist-small", "", "train")
     test = data.load("mnist-small", "", "test")
 
-    assert train.images.shape == (6000, 1, 28, 28) and test.images.shape == (2000, 1, 28, 28)
-    assert np.bincount(train.labels, minlength=10).min() > 500
-    assert set(test.labels.tolist()) == set(range(10))
+    assert train.inputs.shape == (6000, 1, 28, 28) and test.inputs.shape == (2000, 1, 28, 28)
+    assert np.bincount(train.targets, minlength=10).min() > 500
+    assert set(test.targets.tolist()) == set(range(10))
 
 
 def test_builtin_set_is_the_documented_subset_of_mnist(mnist_dir, tmp_path):
@@ -92,29 +95,34 @@ def test_builtin_set_is_the_documented_subset_of_mnist(mnist_dir, tmp_path):
     full = data.load("mnist", mnist_dir, "train")
     small = data.load("mnist-small", "", "train")
     keep = build.subset_indices(60000, 6000, build.SUBSET_SEED)
-    np.testing.assert_array_equal(full.images[keep], small.images)
+    np.testing.assert_array_equal(full.inputs[keep], small.inputs)
+
+
+def iid(num_samples, num_agents, seed):
+    return data.partition.partition("iid", num_samples=num_samples, labels=None, num_agents=num_agents,
+                                    seed=seed).shards
 
 
 def test_iid_partition_covers_every_sample_once_and_is_seeded():
-    shards = data.iid_partition(103, 10, seed=7)
+    shards = iid(103, 10, seed=7)
 
     sizes = sorted(len(s) for s in shards)
     assert sizes[0] == 10 and sizes[-1] == 11
     np.testing.assert_array_equal(np.sort(np.concatenate(shards)), np.arange(103))
-    again = data.iid_partition(103, 10, seed=7)
-    other = data.iid_partition(103, 10, seed=8)
+    again = iid(103, 10, seed=7)
+    other = iid(103, 10, seed=8)
     assert all(np.array_equal(a, b) for a, b in zip(shards, again))
     assert not all(np.array_equal(a, b) for a, b in zip(shards, other))
     with pytest.raises(data.DataError, match="3 samples cannot"):
-        data.iid_partition(3, 4, seed=0)
+        iid(3, 4, seed=0)
 
 
 def test_agent_batches_come_from_its_shard_and_depend_only_on_seed_and_id():
     ds = data.load("mnist-small", "", "test")
     shard = np.arange(100, 150)
-    first = data.AgentData(ds, shard, agent_id=3, seed=1, batch_size=16)
-    twin = data.AgentData(ds, shard, agent_id=3, seed=1, batch_size=16)
-    other = data.AgentData(ds, shard, agent_id=4, seed=1, batch_size=16)
+    first = data.Sampler(ds, shard, agent_id=3, seed=1, batch_size=16)
+    twin = data.Sampler(ds, shard, agent_id=3, seed=1, batch_size=16)
+    other = data.Sampler(ds, shard, agent_id=4, seed=1, batch_size=16)
 
     x1, y1 = first.batch()
     x2, y2 = twin.batch()
@@ -123,5 +131,179 @@ def test_agent_batches_come_from_its_shard_and_depend_only_on_seed_and_id():
     assert x1.shape == (16, 1, 28, 28) and y1.shape == (16,)
     assert (x1 == x2).all() and (y1 == y2).all()
     assert not (x1 == x3).all()
-    shard_labels = set(ds.labels[shard].tolist())
+    shard_labels = set(ds.targets[shard].tolist())
     assert set(y1.tolist()) <= shard_labels
+
+
+# ---------------------------------------------------------------- registry and Dataset
+
+
+def test_registry_describes_every_set():
+    assert set(data.REGISTRY) == {"mnist", "mnist-small", "fashion-mnist", "cifar10", "synthetic_regression"}
+    for name, spec in data.REGISTRY.items():
+        assert spec.name == name and spec.kind in ("classification", "regression") and spec.description
+    assert data.REGISTRY["mnist-small"].default_root == data.BUILTIN_DIR / "mnist-small"
+    assert data.REGISTRY["mnist"].default_root is None and data.REGISTRY["mnist"].needs_root
+    assert not data.REGISTRY["synthetic_regression"].needs_root
+
+
+def test_check_params_names_the_field_and_lists_what_is_accepted():
+    assert data.check_params("mnist", {}) is None and data.check_params("mnist-small", None) is None
+    assert data.check_params("synthetic_regression", {"dim": 10, "noise": 0.5}) is None
+
+    field, message = data.check_params("mnst", {})
+    assert field == "data.name" and "'mnst'" in message and "mnist-small" in message
+    field, message = data.check_params("mnist", {"dim": 3})
+    assert field == "data.params.dim" and "'dim'" in message and "none" in message
+    field, message = data.check_params("synthetic_regression", {"sigma": 1.0})
+    assert field == "data.params.sigma" and "samples=4000" in message and "dim=1000" in message
+    assert data.check_params("synthetic_regression", {"dim": 0})[0] == "data.params.dim"
+    assert data.check_params("synthetic_regression", {"samples": 2.5})[0] == "data.params.samples"
+    assert data.check_params("synthetic_regression", {"samples": True})[0] == "data.params.samples"
+    field, message = data.check_params("synthetic_regression", {"noise": -0.1})
+    assert field == "data.params.noise" and "-0.1" in message
+    with pytest.raises(data.DataError, match="data.params.dim"):
+        data.load("synthetic_regression", "", "train", params={"dim": -1})
+    with pytest.raises(data.DataError, match="unknown data set 'mnst'"):
+        data.load("mnst", "", "train")
+    with pytest.raises(ValueError, match="split"):
+        data.num_samples("mnist-small", "", "validation")
+
+
+def test_labels_reads_only_what_it_needs_and_matches_load():
+    labels = data.labels("mnist-small", "", "train")
+    full = data.load("mnist-small", "", "train")
+
+    assert labels.dtype == np.int64 and labels.shape == (6000,)
+    np.testing.assert_array_equal(labels, full.targets)
+    assert data.num_samples("mnist-small", "", "test") == 2000
+    assert data.labels("synthetic_regression", "", "train", params={"samples": 5, "dim": 2}) is None
+
+
+def test_dataset_kind_shape_and_checks():
+    images = np.zeros((3, 1, 2, 2), np.uint8)
+    ds = data.Dataset(images, np.array([0, 1, 2]), 3, (0.5,), (0.25,))
+    features = data.Dataset(np.ones((4, 5), np.float32), np.zeros(4, np.float32), None, None, None)
+
+    assert ds.kind == "classification" and ds.input_shape == (1, 2, 2) and len(ds) == 3
+    assert features.kind == "regression" and features.input_shape == (5,)
+    x, y = features.tensors()
+    assert x.dtype == torch.float32 and y.dtype == torch.float32 and x.shape == (4, 5)
+    with pytest.raises(data.DataError, match="3 inputs but 2 targets"):
+        data.Dataset(images, np.array([0, 1]), 3, (0.5,), (0.25,))
+    with pytest.raises(data.DataError, match="both mean and std"):
+        data.Dataset(images, np.array([0, 1, 2]), 3, (0.5,), None)
+    with pytest.raises(data.DataError, match="channels"):
+        data.Dataset(images, np.array([0, 1, 2]), 3, (0.5, 0.5), (0.25, 0.25))
+    with pytest.raises(data.DataError, match="int64"):
+        data.Dataset(images, np.array([0, 1, 2], np.int32), 3, (0.5,), (0.25,))
+
+
+def test_idx_labels_out_of_range_are_refused(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 28, 28), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([3, 10], np.uint8))
+
+    with pytest.raises(data.DataError, match=r"train-labels-idx1-ubyte: labels must lie in \[0, 10\)"):
+        data.load("mnist", tmp_path, "train")
+
+
+def _old_normalize(images, mean, std):
+    # The normalization as it was before the data module was split (reference).
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = images.to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def test_tensors_are_bit_identical_to_the_old_normalization():
+    ds = data.load("mnist-small", "", "test")
+    index = np.arange(0, 2000, 3)
+
+    x, y = ds.tensors(index)
+
+    # As the old ArrayDataset.tensors did it: copy with np.array, then normalize.
+    expected = _old_normalize(torch.from_numpy(np.array(ds.inputs[index])), (0.1307,), (0.3081,))
+    assert torch.equal(x, expected) and x.stride() == expected.stride()
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert y.dtype == torch.int64 and torch.equal(y, torch.from_numpy(ds.targets[index]))
+
+
+# ---------------------------------------------------------------- sampler
+
+
+class _OldAgentData:
+    """AgentData as it was before the data module was split: the reference for Sampler."""
+
+    def __init__(self, dataset, shard, *, agent_id, seed, batch_size):
+        self.mean, self.std = dataset.mean, dataset.std
+        self.inputs = torch.from_numpy(dataset.inputs[shard])
+        self.labels = torch.from_numpy(dataset.targets[shard])
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, agent_id)))
+
+    def all(self):
+        return _old_normalize(self.inputs, self.mean, self.std), self.labels
+
+    def batch(self):
+        idx = torch.from_numpy(self.rng.integers(0, len(self.labels), self.batch_size))
+        return (_old_normalize(self.inputs.index_select(0, idx), self.mean, self.std),
+                self.labels.index_select(0, idx))
+
+
+@pytest.mark.parametrize("agent_id, batch_size", [(0, 16), (5, 1), (7, 50)])
+def test_sampler_batches_are_bit_identical_to_the_old_agent_data(agent_id, batch_size):
+    ds = data.load("mnist-small", "", "train")
+    shard = iid(len(ds), 10, seed=3)[agent_id]
+    new = data.Sampler(ds, shard, agent_id=agent_id, seed=3, batch_size=batch_size)
+    old = _OldAgentData(ds, shard, agent_id=agent_id, seed=3, batch_size=batch_size)
+
+    for _ in range(4):
+        (x_new, y_new), (x_old, y_old) = new.batch(), old.batch()
+        assert torch.equal(x_new, x_old) and x_new.stride() == x_old.stride()
+        assert torch.equal(y_new, y_old)
+    assert torch.equal(new.all()[0], old.all()[0]) and torch.equal(new.all()[1], old.all()[1])
+    assert len(new) == len(shard)
+
+
+def test_sampler_full_batch_is_prepared_once_and_never_touches_the_stream():
+    ds = data.load("mnist-small", "", "test")
+    sampler = data.Sampler(ds, np.arange(40, 90), agent_id=2, seed=0, batch_size=0)
+    before = sampler.state_dict()
+
+    first, second = sampler.batch(), sampler.batch()
+
+    assert first[0] is second[0] and first[1] is second[1]
+    assert sampler.all()[0] is first[0]
+    assert first[0].shape == (50, 1, 28, 28)
+    assert torch.equal(first[0], ds.tensors(np.arange(40, 90))[0])
+    assert sampler.state_dict() == before
+
+
+def test_sampler_state_dict_round_trip_resumes_the_same_batches():
+    ds = data.load("mnist-small", "", "test")
+    shard = np.arange(0, 300, 2)
+    original = data.Sampler(ds, shard, agent_id=4, seed=9, batch_size=8)
+    for _ in range(3):
+        original.batch()
+
+    state = json.loads(json.dumps(original.state_dict()))
+    restored = data.Sampler(ds, shard, agent_id=4, seed=9, batch_size=8)
+    restored.load_state_dict(pickle.loads(pickle.dumps(state)))
+
+    for _ in range(3):
+        (x1, y1), (x2, y2) = original.batch(), restored.batch()
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    with pytest.raises(ValueError, match="150 samples"):
+        data.Sampler(ds, shard[:10], agent_id=4, seed=9, batch_size=8).load_state_dict(state)
+
+
+def test_sampler_on_regression_data_keeps_float_targets():
+    ds = data.load("synthetic_regression", "", "train", params={"samples": 30, "dim": 4}, seed=1)
+    sampler = data.Sampler(ds, np.arange(10), agent_id=0, seed=1, batch_size=5)
+
+    x, y = sampler.batch()
+
+    assert x.dtype == torch.float32 and x.shape == (5, 4)
+    assert y.dtype == torch.float32 and y.shape == (5,)
+    with pytest.raises(ValueError, match="empty shard"):
+        data.Sampler(ds, np.arange(0), agent_id=3, seed=1, batch_size=5)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mpisim import metrics
-from mpisim.decentralized import Plan, RankState
+from mpisim.graphs.exchange import GraphPlan, MessagePool
+from mpisim.placement import Placement
 
 ENTRY = ["-m", "mpisim.decentralized"]
 SMALL = ["--run.progress", "false", "--data.test_size", "300"]
@@ -22,8 +23,8 @@ def ring_plus_chords(n):
 
 
 def test_one_rank_reads_every_neighbour_from_memory():
-    plan = Plan(6, 6, frozenset({2}), True, ring_plus_chords(6))
-    state = RankState(plan, 0, d=3)
+    plan = GraphPlan(Placement(6, 6), frozenset({2}), True, ring_plus_chords(6))
+    state = MessagePool(plan, 0, d=3)
 
     assert state.send_rows == {} and state.recv_keys == {}
     # Node 2 (two-faced) has 4 neighbours: 4 message rows after the 6 models.
@@ -39,8 +40,8 @@ def test_one_rank_reads_every_neighbour_from_memory():
 
 
 def test_two_ranks_split_rows_and_keep_neighbour_order():
-    plan = Plan(6, 3, frozenset({4}), False, ring_plus_chords(6))
-    first, second = RankState(plan, 0, d=2), RankState(plan, 1, d=2)
+    plan = GraphPlan(Placement(6, 3), frozenset({4}), False, ring_plus_chords(6))
+    first, second = MessagePool(plan, 0, d=2), MessagePool(plan, 1, d=2)
 
     # Rank 0 sends node 0 (neighbour of 4, 5), node 1 (of 5) and node 2 (of 3, 4): one row each.
     assert first.send_rows == {1: [0, 1, 2]}
@@ -67,14 +68,15 @@ def test_entry_point_trains_and_reaches_consensus(mpirun, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "honest nodes' test accuracy" in result.stdout
     records = metrics.read_jsonl(run_dir / "metrics.jsonl")
-    assert [r["iteration"] for r in records] == [0, 30, 60]
-    assert records[-1]["accuracy_mean"] > 0.6
-    assert records[-1]["accuracy_min"] <= records[-1]["accuracy_mean"] <= records[-1]["accuracy_max"]
+    assert [r["round"] for r in records] == [0, 30, 60]
+    assert records[-1]["test_accuracy"] > 0.6
+    assert records[-1]["test_accuracy_min"] <= records[-1]["test_accuracy"] <= records[-1]["test_accuracy_max"]
+    assert records[0]["train_loss"] is None and records[-1]["train_loss"] < records[1]["train_loss"] * 2
     summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary["byzantine_ids"]) == 1 and summary["graph"]["ok"]
     graph = json.loads((run_dir / "graph.json").read_text())
     assert graph["report"]["min_honest_degree"] > 2
-    assert records[-1]["bytes_sent"] > 0
+    assert records[-1]["bytes"]["nodes_sent"] == records[-1]["bytes"]["nodes_received"] > 0
 
 
 @pytestmark_processes
@@ -94,7 +96,7 @@ def test_packing_gives_the_same_models(mpirun, tmp_path):
     np.testing.assert_allclose(a[honest], b[honest], rtol=1e-5, atol=1e-7)
     la = metrics.read_jsonl(spread_dir / "metrics.jsonl")
     lb = metrics.read_jsonl(packed_dir / "metrics.jsonl")
-    np.testing.assert_allclose([r["loss_mean"] for r in la], [r["loss_mean"] for r in lb], rtol=1e-5)
+    np.testing.assert_allclose([r["test_loss"] for r in la], [r["test_loss"] for r in lb], rtol=1e-5)
 
 
 @pytestmark_processes
@@ -132,13 +134,13 @@ def test_a_byzantine_node_with_few_neighbours_does_not_screen():
     # Node 4 is Byzantine with a single neighbour: too few for b = 1, which
     # the graph check only guarantees for honest nodes.
     from mpisim.rules import screening
-    from mpisim.decentralized import screen_all
+    from mpisim.protocols.decentralized import screen_all
 
     adj = np.zeros((5, 5), dtype=bool)
     for i, j in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (0, 4)]:
         adj[i, j] = adj[j, i] = True
-    plan = Plan(5, 5, frozenset({4}), False, adj)
-    state = RankState(plan, 0, d=1)
+    plan = GraphPlan(Placement(5, 5), frozenset({4}), False, adj)
+    state = MessagePool(plan, 0, d=1)
     for k, value in enumerate([1.0, 2.0, 3.0, 4.0, 5.0]):
         state.models[k].fill_(value)
     state.pool[state.message_row[(4, -1)]].fill_(100.0)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mpisim.learning import models
+from mpisim.learning import models, tasks
 
 MNIST = dict(input_shape=(1, 28, 28), num_classes=10)
 
@@ -153,7 +153,7 @@ def test_evaluate_works_for_both_models(name, loss):
     labels = predicted.clone()
     labels[:2] = (labels[:2] + 1) % 10
 
-    mean_loss, accuracy = model.evaluate(x, labels, batch_size=3)
+    mean_loss, accuracy = tasks.Classification().evaluate(model, x, labels, batch_size=3).values()
 
     assert accuracy == pytest.approx(5 / 7)
     assert mean_loss == pytest.approx(loss(model.module(x), labels).item(), rel=1e-5)

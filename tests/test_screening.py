@@ -338,3 +338,60 @@ def test_screens_run_on_a_realistic_size_quickly():
     for name in screening.SCREENS:
         out = screening.screen(name, own, received, b=10)
         assert out.shape == (7850,) and torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------
+# Smallest degree, for the graph check and the config
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(screening.SCREENS))
+def test_min_degree_is_the_first_degree_the_check_accepts(name):
+    for b in range(0, 6):
+        first = next(m for m in range(0, 200) if screening.check(name, m, b) is None)
+
+        got = screening.min_degree(name, b)
+
+        assert got == first == screening.SCREENS[name].min_degree(b), (name, b)
+        assert got == _smallest_legal_degree(name, b)          # the bounds written out above
+        # Monotone: every larger degree passes too (min_degree relies on it).
+        assert all(screening.check(name, m, b) is None for m in range(first, first + 40))
+
+
+@pytest.mark.parametrize("name", sorted(screening.SCREENS))
+def test_min_degree_at_a_large_b(name):
+    b = 40
+    first = next(m for m in range(0, 400) if BOUNDS[name](m, b))
+
+    assert screening.min_degree(name, b) == first
+
+
+def test_min_degree_of_the_baselines_is_0():
+    assert screening.min_degree("dgd", 7) == 0 and screening.min_degree("local", 7) == 0
+
+
+@pytest.mark.parametrize("b", [-1, 1.5, True, None])
+def test_min_degree_refuses_a_bad_b(b):
+    with pytest.raises(ValueError, match=r"bridge_b: b must be an integer >= 0"):
+        screening.min_degree("bridge_b", b)
+
+
+def test_min_degree_refuses_an_unknown_screen():
+    with pytest.raises(ValueError, match="unknown screening 'bulyan'.*bridge_b"):
+        screening.min_degree("bulyan", 1)
+
+
+def test_min_degree_reports_a_check_that_rejects_every_degree(monkeypatch):
+    monkeypatch.setattr(screening, "_DEGREE_LIMIT", 1 << 10)
+
+    with pytest.raises(ValueError, match="broken: no degree m up to 1,024 passes its check for b=1"):
+        screening._first_passing_degree("broken", lambda m, b: "never", 1)
+
+
+def test_describe_names_the_rule_and_its_bound():
+    assert screening.describe("bridge_b") == "bridge_b (Bulyan: m >= 4b + 2)"
+    assert screening.describe("bridge_t") == "bridge_t (trimmed mean: m > 2b)"
+    assert screening.describe("dgd") == "dgd (plain average, not robust)"
+    for name in screening.SCREENS:
+        assert screening.describe(name).startswith(f"{name} (")
+    with pytest.raises(ValueError, match="unknown screening"):
+        screening.describe("nope")

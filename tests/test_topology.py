@@ -13,6 +13,7 @@ import pytest
 
 from mpisim import seeding
 from mpisim.graphs import topology as T
+from mpisim.rules import screening
 
 
 # --------------------------------------------------------------------------
@@ -410,3 +411,147 @@ def test_draw_checked_names_assumption4():
 def test_draw_checked_accepts_more_byzantine_nodes_than_b():
     adj, report, attempt = T.draw_checked(20, 0.9, b=2, byzantine=[0, 1, 2], seed=0)
     assert attempt == 0 and report.ok and not report.byzantine_within_b
+
+
+# --------------------------------------------------------------------------
+# A screening's degree bound, and the cost of failed attempts
+# --------------------------------------------------------------------------
+
+BULYAN = screening.describe("bridge_b")
+
+
+def test_required_degree_is_bridges_rule_raised_by_the_screening():
+    assert T.required_degree(10) == 21
+    assert T.required_degree(10, min_degree=42) == 42
+    assert T.required_degree(2, min_degree=4) == 5        # 2b + 1 stays the floor
+    assert T.required_degree(0, min_degree=0) == 1
+    with pytest.raises(ValueError, match="min_degree must be an integer >= 0"):
+        T.required_degree(1, min_degree=-1)
+
+
+def test_a_screening_bound_fails_a_graph_bridge_accepts_and_is_named():
+    # Prepare: K_8 with 2 Byzantine nodes passes for b = 2 (degree 7 > 4,
+    # 6 >= 2b + 1 honest nodes), but Bulyan at b = 2 needs degree 10.
+    adj = complete(8)
+    # Execute
+    plain = T.check(adj, b=2, byzantine=[0, 1])
+    bulyan = T.check(adj, b=2, byzantine=[0, 1], min_degree=10, screen=BULYAN)
+    # Assert
+    assert plain.ok and plain.required_degree == 5 and plain.screen is None
+    assert not bulyan.ok and not bulyan.min_degree_ok and bulyan.required_degree == 10
+    assert bulyan.assumption4 == "passed"      # searched: stop_at_degree is off by default
+    assert bulyan.failures() == [
+        f"the minimum honest degree is 7, {BULYAN} with b=2 needs at least 10"]
+    saved = json.loads(json.dumps(bulyan.as_dict()))
+    assert saved["required_degree"] == 10 and saved["screen"] == BULYAN
+    assert saved["min_honest_degree"] == 7 and saved["min_degree_ok"] is False
+
+
+def test_a_screening_bound_below_bridges_rule_keeps_bridges_message():
+    # bridge_m needs only m >= 2b = 2; BRIDGE's degree > 2b still rules.
+    report = T.check(ring(6), b=1, byzantine=[], min_degree=2, screen="bridge_m")
+    assert report.required_degree == 3 and not report.min_degree_ok
+    assert report.failures()[0] == "the minimum honest degree is 2, BRIDGE with b=1 needs more than 2"
+
+
+def test_draw_checked_names_the_screening_bound():
+    # The same graphs pass BRIDGE's degree > 20 but not Bulyan's 42 at b = 10.
+    kwargs = dict(b=10, byzantine=range(10), seed=0)
+    _, report, attempt = T.draw_checked(60, 0.6, **kwargs)
+    assert attempt == 0 and report.ok and report.min_honest_degree == 26
+    with pytest.raises(T.GraphError, match=r"the minimum honest degree is 26, bridge_b \(Bulyan: "
+                                           r"m >= 4b \+ 2\) with b=10 needs at least 42\."):
+        T.draw_checked(60, 0.6, **kwargs, min_degree=screening.min_degree("bridge_b", 10),
+                       screen=screening.describe("bridge_b"))
+
+
+def test_draw_checked_refuses_at_once_a_degree_no_graph_of_n_nodes_has():
+    with pytest.raises(T.GraphError, match=r"at most n - 1 = 19 neighbours, and bridge_b \(Bulyan: "
+                                           r"m >= 4b \+ 2\) with b=10 needs at least 42"):
+        T.draw_checked(20, 0.5, b=10, byzantine=[], seed=0, redraw=T.MAX_REDRAW,
+                       min_degree=42, screen=BULYAN)
+    with pytest.raises(T.GraphError, match=r"n - 1 = 5 neighbours, and BRIDGE with b=3 needs more "
+                                           r"than 6"):
+        T.draw_checked(6, 1.0, b=3, byzantine=[], seed=0)
+
+
+def test_stop_at_degree_skips_the_search_but_keeps_the_cheap_proofs():
+    # A ring of 6 fails the degree rule for b = 1; the search would also
+    # find Assumption 4 failing (test_ring_fails_for_b1).
+    quick = T.check(ring(6), b=1, byzantine=[], stop_at_degree=True)
+    assert quick.assumption4 == "not checked" and not quick.ok
+    assert quick.assumption4_detail == ("not searched: the degree rule fails already "
+                                        "(minimum honest degree 2 < 3)")
+    assert quick.failures() == ["the minimum honest degree is 2, BRIDGE with b=1 needs more than 2"]
+    # A disconnected graph is still a proof of failure, found for free.
+    split = T.check(T.from_edges(4, [(0, 1), (2, 3)]), b=1, byzantine=[], stop_at_degree=True)
+    assert split.assumption4 == "failed" and not split.honest_connected
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("this must not run")
+
+
+def test_draw_checked_never_searches_a_graph_that_fails_the_degree_rule(monkeypatch):
+    # Prepare: G(22, 0.5) has honest degree ~10 < 2b + 1 = 11 for b = 5;
+    # such graphs used to run the exact search over 2^22 sets (~0.14 s).
+    for name in ("_assumption4_subsets", "_assumption4_enumerate", "_assumption4_sample"):
+        monkeypatch.setattr(T, name, _must_not_run)
+    # Execute / Assert
+    with pytest.raises(T.GraphError, match="none of the 51 graphs"):
+        T.draw_checked(22, 0.5, b=5, byzantine=[], seed=0, redraw=50)
+
+
+def test_the_cheap_path_does_not_change_which_attempt_passes():
+    # draw_checked skips reports of graphs failing the degree rule: it must
+    # still return the first attempt that check() accepts.
+    for seed in range(6):
+        _, report, attempt = T.draw_checked(10, 0.5, b=1, byzantine=[3], seed=seed, redraw=30)
+        first = next(a for a in range(31) if T.check(
+            T.erdos_renyi(10, 0.5, seeding.numpy_generator(seed, seeding.GRAPH, a)), b=1,
+            byzantine=[3], rng=seeding.numpy_generator(seed, seeding.GRAPH, a, 1)).ok)
+        assert attempt == first and report.ok
+
+
+def test_redraw_is_bounded(monkeypatch):
+    # Beyond MAX_REDRAW the call fails before drawing anything.
+    monkeypatch.setattr(T, "erdos_renyi", _must_not_run)
+    with pytest.raises(ValueError, match=r"redraw must be at most MAX_REDRAW = 1,000, got 1,000,000"):
+        T.draw_checked(20, 0.01, b=1, byzantine=[], seed=0, redraw=1_000_000)
+    with pytest.raises(ValueError, match="redraw must be an integer"):
+        T.draw_checked(20, 0.01, b=1, byzantine=[], seed=0, redraw=2.5)
+    with pytest.raises(ValueError, match="redraw must be >= 0"):
+        T.draw_checked(20, 0.01, b=1, byzantine=[], seed=0, redraw=-1)
+
+
+def test_redraw_up_to_the_bound_fails_fast_on_a_hopeless_p():
+    # 1,001 attempts at p = 0.01: each fails on its degrees (~0.03 ms).
+    start = time.perf_counter()
+    with pytest.raises(T.GraphError, match=f"none of the {T.MAX_REDRAW + 1} graphs"):
+        T.draw_checked(20, 0.01, b=1, byzantine=[], seed=0, redraw=T.MAX_REDRAW)
+    assert time.perf_counter() - start < 2
+
+
+def test_progress_is_called_every_progress_every_failed_attempts():
+    # Prepare
+    calls = []
+    # Execute
+    with pytest.raises(T.GraphError):
+        T.draw_checked(20, 0.01, b=1, byzantine=[], seed=0, redraw=2 * T.PROGRESS_EVERY + 50,
+                       progress=lambda done, total, report: calls.append((done, total, report)))
+    # Assert
+    total = 2 * T.PROGRESS_EVERY + 51
+    assert [(done, t) for done, t, _ in calls] == [(T.PROGRESS_EVERY, total),
+                                                    (2 * T.PROGRESS_EVERY, total)]
+    assert all(isinstance(r, T.GraphReport) and not r.ok for _, _, r in calls)
+
+
+def test_progress_may_stop_the_search():
+    class Stop(Exception):
+        pass
+
+    def stop(done, total, report):
+        raise Stop(done)
+
+    with pytest.raises(Stop, match=str(T.PROGRESS_EVERY)):
+        T.draw_checked(20, 0.01, b=1, byzantine=[], seed=0, redraw=T.MAX_REDRAW, progress=stop)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from itertools import combinations
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -30,12 +30,27 @@ from .. import seeding
 
 __all__ = [
     "GraphError", "GraphReport", "erdos_renyi", "neighbours", "edge_list", "from_edges",
-    "check", "draw_checked", "to_json", "from_json",
+    "required_degree", "check", "draw_checked", "to_json", "from_json",
+    "MAX_REDRAW", "PROGRESS_EVERY",
 ]
 
 # A batch of reduced graphs holds at most this many matrix entries (float32:
 # 4 bytes each), so that memory stays bounded whatever the batch count.
 _BATCH_ENTRIES = 1 << 22
+
+
+# draw_checked draws at most this many graphs beyond the first. A failed
+# attempt costs 0.03-0.05 ms (n = 20 to 100) when the graph fails the degree
+# rule, which draw_checked tests before anything else; 0.2-1 ms when it
+# passes that rule but is not connected; and 0.1-0.5 s when Assumption 4 must
+# be searched (exact over 2^22 sets of 22 honest nodes, or 2,000 sampled
+# reduced graphs at n = 100, b = 10). So 1,000 redraws take well under a
+# second on a too-sparse graph and minutes at worst, while a setting whose
+# graphs pass less than once in 1,000 draws wants a larger p or a smaller b.
+MAX_REDRAW = 1_000
+
+# draw_checked calls its progress callback after every this many failed attempts.
+PROGRESS_EVERY = 100
 
 
 class GraphError(ValueError):
@@ -52,10 +67,7 @@ def erdos_renyi(n: int, p: float, rng: np.random.Generator) -> np.ndarray:
     draw of n(n-1)/2 uniforms fills the upper triangle in ``np.triu_indices``
     order, so the graph depends only on the generator's state.
     """
-    if not (isinstance(n, (int, np.integer)) and n >= 1):
-        raise ValueError(f"erdos_renyi: n must be a positive integer, got {n!r}")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"erdos_renyi: p must be in [0, 1], got {p}")
+    _check_n_p("erdos_renyi", n, p)
     rows, cols = np.triu_indices(n, k=1)
     present = rng.random(rows.size) < p
     adj = np.zeros((n, n), dtype=bool)
@@ -88,6 +100,17 @@ def from_edges(n: int, edges) -> np.ndarray:
     adj[edges[:, 0], edges[:, 1]] = True
     adj |= adj.T
     return adj
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _check_n_p(who: str, n, p) -> None:
+    if not (_is_int(n) and n >= 1):
+        raise ValueError(f"{who}: n must be a positive integer, got {n!r}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{who}: p must be in [0, 1], got {p}")
 
 
 def _as_adjacency(adj) -> np.ndarray:
@@ -133,9 +156,13 @@ class GraphReport:
     ``honest_only_*`` fields count honest neighbours only.
 
     - ``min_honest_degree``: the smallest degree among honest nodes;
-      ``min_degree_ok`` is ``min_honest_degree > 2 b``, the paper's empirical
-      rule for Assumption 4 ("the degree of the least connected node is larger
-      than 2b"), applied to the honest nodes, the ones that screen.
+      ``min_degree_ok`` is ``min_honest_degree >= required_degree``.
+      ``required_degree`` is 2b + 1 by default, the paper's empirical rule
+      for Assumption 4 ("the degree of the least connected node is larger
+      than 2b"), applied to the honest nodes, the ones that screen; a
+      screening that needs more (``min_degree`` of :func:`check`, e.g.
+      Bulyan's 4b + 2) raises it, and ``screen`` names that screening in
+      messages (None when none was given).
     - ``honest_connected``: the honest subgraph (Byzantine nodes removed) is
       connected.
     - ``byzantine_within_b``: at most b nodes are Byzantine, as BRIDGE
@@ -144,7 +171,10 @@ class GraphReport:
       b on purpose (stress tests, baselines); the caller decides.
     - ``assumption4``: "passed", "failed" or "not checked"; how in
       ``assumption4_detail``. "passed" is a proof when the detail says
-      "exact" or "exhaustive", and only evidence when it says "sampled".
+      "exact" or "exhaustive", and only evidence when it says "sampled";
+      "not checked" when the graph is too large for the search, or when
+      ``check(stop_at_degree=True)`` skipped it on a graph that fails the
+      degree rule anyway.
     - ``counterexample``: when Assumption 4 failed, the directed edges
       (i, j) (j stops hearing i) that a failing reduced graph removes beyond
       the Byzantine nodes' edges, and ``counterexample_source`` the nodes
@@ -162,6 +192,8 @@ class GraphReport:
     honest_only_degrees: tuple[int, ...]
     min_honest_degree: int
     min_honest_only_degree: int
+    required_degree: int
+    screen: str | None
     byzantine_within_b: bool
     min_degree_ok: bool
     honest_connected: bool
@@ -174,10 +206,9 @@ class GraphReport:
     def failures(self) -> list[str]:
         """One sentence per failed condition (empty when ``ok``)."""
         out = []
-        b = self.b
         if not self.min_degree_ok:
-            out.append(f"the minimum honest degree is {self.min_honest_degree}, BRIDGE with b={b} "
-                       f"needs more than {2 * b}")
+            out.append(f"the minimum honest degree is {self.min_honest_degree}, "
+                       f"{_degree_rule(self.b, self.required_degree, self.screen)}")
         if not self.honest_connected:
             out.append("the honest nodes are not connected once the Byzantine nodes are removed")
         if self.assumption4 == "failed":
@@ -195,9 +226,49 @@ class GraphReport:
         return out
 
 
+def _degree_rule(b: int, required: int, screen: str | None) -> str:
+    """What the degree rule asks, for messages: BRIDGE's > 2b, or the
+    screening's larger bound."""
+    if required > 2 * b + 1:
+        return f"{screen or 'the screening'} with b={b} needs at least {required}"
+    return f"BRIDGE with b={b} needs more than {2 * b}"
+
+
 # ---------------------------------------------------------------- check
 
+def required_degree(b: int, min_degree: int | None = None) -> int:
+    """The smallest honest degree :func:`check` accepts: max(2b + 1, min_degree).
+
+    2b + 1 is BRIDGE's rule (degree > 2b, Section 2.2), kept as the floor
+    whatever the screening; ``min_degree`` is the screening's own bound,
+    ``mpisim.rules.screening.min_degree(name, b)`` (None: no bound beyond
+    BRIDGE's). No node has more than n - 1 neighbours, so a run of n nodes
+    is possible only if this is at most n - 1.
+    """
+    if not (_is_int(b) and b >= 0):
+        raise ValueError(f"required_degree: b must be an integer >= 0, got {b!r}")
+    if min_degree is None:
+        return 2 * int(b) + 1
+    if not (_is_int(min_degree) and min_degree >= 0):
+        raise ValueError(f"required_degree: min_degree must be an integer >= 0 or None, "
+                         f"got {min_degree!r}")
+    return max(2 * int(b) + 1, int(min_degree))
+
+
+def _split_nodes(who: str, n: int, byzantine: Sequence[int]) -> tuple[tuple[int, ...], np.ndarray]:
+    """(sorted Byzantine ids, honest ids) of n nodes, or ValueError."""
+    byz = tuple(sorted(int(i) for i in byzantine))
+    if len(set(byz)) != len(byz) or any(not 0 <= i < n for i in byz):
+        raise ValueError(f"{who}: Byzantine ids must be distinct and in [0, {n - 1}], "
+                         f"got {list(byz)}")
+    if len(byz) >= n:
+        raise ValueError(f"{who}: every node is Byzantine; there is nothing to check")
+    return byz, np.setdiff1d(np.arange(n), np.asarray(byz, dtype=np.int64))
+
+
 def check(adj, *, b: int, byzantine: Sequence[int], p: float | None = None,
+          min_degree: int | None = None, screen: str | None = None,
+          stop_at_degree: bool = False,
           max_reduced_graphs: int = 200_000, samples: int = 2_000,
           rng: np.random.Generator | None = None, method: str = "auto",
           max_subset_nodes: int = 22, max_sample_work: float = 5e9) -> GraphReport:
@@ -207,7 +278,11 @@ def check(adj, *, b: int, byzantine: Sequence[int], p: float | None = None,
        paper's empirical rule, Section 2.2; degree in G, Byzantine
        neighbours included). Required even when Assumption 4 is proven:
        BRIDGE's trimmed mean at node j (eq 7) drops 2b of its |N_j| values
-       and keeps at least one neighbour's only if |N_j| > 2b.
+       and keeps at least one neighbour's only if |N_j| > 2b. A screening
+       that needs more neighbours passes its bound as ``min_degree``
+       (``mpisim.rules.screening.min_degree(name, b)``; Bulyan needs 4b + 2)
+       and its name as ``screen``, for the message: the rule becomes
+       degree >= :func:`required_degree` (b, min_degree).
     2. The honest subgraph is connected.
     3. Assumption 4 (Definition 2): every reduced graph (Byzantine nodes
        and their edges removed, then up to b incoming edges of each honest
@@ -242,37 +317,47 @@ def check(adj, *, b: int, byzantine: Sequence[int], p: float | None = None,
     :func:`_assumption4_subsets`), so the "b + 1" matters only through the
     count of honest nodes.
 
+    With ``stop_at_degree``, a graph that fails the degree rule gets only the
+    cheap proofs above, and "not checked" otherwise: it fails whatever the
+    search would find, and the search costs up to ~1000 times the rest
+    (what :func:`draw_checked` wants of a failed attempt).
+
     ``rng`` (for sampling) defaults to a fixed generator, so that every rank
     reaches the same verdict. Nothing here depends on timing.
     """
     adj = _as_adjacency(adj)
     n = adj.shape[0]
-    if not (isinstance(b, (int, np.integer)) and b >= 0):
+    if not (_is_int(b) and b >= 0):
         raise ValueError(f"check: b must be an integer >= 0, got {b!r}")
-    byz = tuple(sorted(int(i) for i in byzantine))
-    if len(set(byz)) != len(byz) or any(not 0 <= i < n for i in byz):
-        raise ValueError(f"check: Byzantine ids must be distinct and in [0, {n - 1}], "
-                         f"got {list(byz)}")
-    if len(byz) >= n:
-        raise ValueError("check: every node is Byzantine; there is nothing to check")
+    if min_degree is not None and not (_is_int(min_degree) and min_degree >= 0):
+        raise ValueError(f"check: min_degree must be an integer >= 0 or None, got {min_degree!r}")
+    if not (screen is None or isinstance(screen, str)):
+        raise ValueError(f"check: screen must be a str naming the screening, or None, "
+                         f"got {screen!r}")
+    byz, honest = _split_nodes("check", n, byzantine)
     if method not in ("auto", "subsets", "enumerate", "sample"):
         raise ValueError(f"check: method must be auto, subsets, enumerate or sample, "
                          f"got {method!r}")
     b = int(b)
+    required = required_degree(b, min_degree)
 
-    honest = np.setdiff1d(np.arange(n), np.asarray(byz, dtype=np.int64))
     is_honest = np.zeros(n, dtype=bool)
     is_honest[honest] = True
     degrees = adj.sum(axis=1)
     honest_only = adj[:, is_honest].sum(axis=1)
     sub = adj[np.ix_(honest, honest)]          # honest subgraph, local ids 0..k-1
     connected = bool(_components(sub).max() == 0)
-    min_degree = int(degrees[honest].min())
+    min_honest_degree = int(degrees[honest].min())
+    degree_ok = min_honest_degree >= required
 
+    skip = None
+    if stop_at_degree and not degree_ok:
+        skip = (f"not searched: the degree rule fails already (minimum honest degree "
+                f"{min_honest_degree} < {required})")
     verdict, detail, removed, source = _assumption4(
         sub, b, honest, connected=connected, method=method, max_reduced_graphs=max_reduced_graphs,
         samples=samples, rng=rng if rng is not None else np.random.default_rng(0),
-        max_subset_nodes=max_subset_nodes, max_sample_work=max_sample_work)
+        max_subset_nodes=max_subset_nodes, max_sample_work=max_sample_work, skip=skip)
     if removed is not None:                     # local ids -> graph ids
         counterexample = tuple(sorted((int(honest[i]), int(honest[j])) for i, j in removed))
         source = tuple(int(honest[i]) for i in source)
@@ -280,21 +365,24 @@ def check(adj, *, b: int, byzantine: Sequence[int], p: float | None = None,
         counterexample = None
 
     within_b = len(byz) <= b
-    degree_ok = min_degree > 2 * b
     return GraphReport(
         n=n, p=None if p is None else float(p), b=b, byzantine=byz, edges=int(adj.sum()) // 2,
         degrees=tuple(int(d) for d in degrees),
         honest_only_degrees=tuple(int(d) for d in honest_only),
-        min_honest_degree=min_degree, min_honest_only_degree=int(honest_only[honest].min()),
-        byzantine_within_b=within_b, min_degree_ok=degree_ok, honest_connected=connected,
+        min_honest_degree=min_honest_degree, min_honest_only_degree=int(honest_only[honest].min()),
+        required_degree=required, screen=screen, byzantine_within_b=within_b,
+        min_degree_ok=degree_ok, honest_connected=connected,
         assumption4=verdict, assumption4_detail=detail, counterexample=counterexample,
         counterexample_source=source,
         ok=degree_ok and connected and verdict != "failed")
 
 
 def _assumption4(sub, b, ids, *, connected, method, max_reduced_graphs, samples, rng,
-                 max_subset_nodes, max_sample_work):
-    """(verdict, detail, removed local edges or None, source component or None)."""
+                 max_subset_nodes, max_sample_work, skip=None):
+    """(verdict, detail, removed local edges or None, source component or None).
+
+    ``skip``: when a str, stop after the cheap proofs of failure, with
+    "not checked" and that detail."""
     k = sub.shape[0]
     indeg = sub.sum(axis=0)
 
@@ -309,6 +397,8 @@ def _assumption4(sub, b, ids, *, connected, method, max_reduced_graphs, samples,
         has = _nodes(indeg[j], "honest neighbour")
         return _failed(sub, [1 << j], f"honest node {ids[j]} has only {has} (b={b}); "
                                       f"removing its incoming edges cuts it off")
+    if skip is not None:
+        return "not checked", skip, None, None
 
     count = _count_reduced(sub, b)
     if b == 0:   # one reduced graph, the honest subgraph itself
@@ -540,26 +630,65 @@ def _assumption4_sample(sub, b, count, samples, rng):
 # ---------------------------------------------------------------- drawing and saving
 
 def draw_checked(n: int, p: float, *, b: int, byzantine: Sequence[int], seed: int,
-                 redraw: int = 0, **check_kwargs) -> tuple[np.ndarray, GraphReport, int]:
+                 redraw: int = 0, min_degree: int | None = None, screen: str | None = None,
+                 progress: Callable[[int, int, GraphReport], None] | None = None,
+                 **check_kwargs) -> tuple[np.ndarray, GraphReport, int]:
     """Draw G(n, p) until it passes :func:`check`; return (adj, report, attempt).
 
     Attempt a = 0, 1, ..., ``redraw`` draws from the stream
     ``(seeding.GRAPH, a)`` of ``seed`` and samples reduced graphs (if it comes
     to that) from ``(seeding.GRAPH, a, 1)``, so every rank that calls this
-    with the same arguments gets the same graph and verdict. Raises
-    :class:`GraphError` naming what failed if no attempt passes.
+    with the same arguments gets the same graph and verdict. ``min_degree``
+    and ``screen`` go to :func:`check` (the screening's bound and name).
+    Raises :class:`GraphError` naming what failed if no attempt passes, at
+    once if no graph of n nodes can meet :func:`required_degree` (degrees
+    are at most n - 1), and ValueError if ``redraw`` exceeds
+    :data:`MAX_REDRAW`.
+
+    A failed attempt is made cheap: a graph failing the degree rule is
+    rejected on its degrees alone, without a report, and the reports that
+    are built skip the Assumption 4 search on such graphs
+    (``stop_at_degree=True`` unless given). None of this changes which
+    attempt passes. ``progress(done, total, report)``, if given, is called
+    after every :data:`PROGRESS_EVERY` failed attempts with the number done,
+    ``redraw + 1`` and the last attempt's report; it is called alike on
+    every rank, and may raise to stop the search (then on every rank).
     """
+    if not _is_int(redraw):
+        raise ValueError(f"draw_checked: redraw must be an integer, got {redraw!r}")
     if redraw < 0:
         raise ValueError(f"draw_checked: redraw must be >= 0, got {redraw}")
+    if redraw > MAX_REDRAW:
+        raise ValueError(f"draw_checked: redraw must be at most MAX_REDRAW = {MAX_REDRAW:,}, got "
+                         f"{redraw:,}; a setting whose graphs fail that many draws needs a larger "
+                         f"p or a smaller b")
+    _check_n_p("draw_checked", n, p)
+    if not (_is_int(b) and b >= 0):
+        raise ValueError(f"draw_checked: b must be an integer >= 0, got {b!r}")
+    _, honest = _split_nodes("draw_checked", n, byzantine)
+    required = required_degree(b, min_degree)
+    if required > n - 1:
+        raise GraphError(f"no graph of n={n} nodes passes the check for b={b}: a node has at most "
+                         f"n - 1 = {n - 1} neighbours, and {_degree_rule(b, required, screen)}. "
+                         f"Lower screening.b or raise nodes.n")
+    total = redraw + 1
+    kwargs = dict(check_kwargs, min_degree=min_degree, screen=screen)
+    kwargs.setdefault("stop_at_degree", True)
     report = None
-    for attempt in range(redraw + 1):
+    for attempt in range(total):
         adj = erdos_renyi(n, p, seeding.numpy_generator(seed, seeding.GRAPH, attempt))
-        kwargs = dict(check_kwargs)
-        kwargs.setdefault("rng", seeding.numpy_generator(seed, seeding.GRAPH, attempt, 1))
-        report = check(adj, b=b, byzantine=byzantine, p=p, **kwargs)
+        due = attempt == redraw or (progress is not None and (attempt + 1) % PROGRESS_EVERY == 0)
+        if not due and adj.sum(axis=1)[honest].min() < required:
+            continue                            # fails check's degree rule: no report needed
+        rng = kwargs.get("rng")
+        if rng is None:
+            rng = seeding.numpy_generator(seed, seeding.GRAPH, attempt, 1)
+        report = check(adj, b=b, byzantine=byzantine, p=p, **dict(kwargs, rng=rng))
         if report.ok:
             return adj, report, attempt
-    drawn = "the graph" if redraw == 0 else f"none of the {redraw + 1} graphs drawn; the last one"
+        if progress is not None and (attempt + 1) % PROGRESS_EVERY == 0:
+            progress(attempt + 1, total, report)
+    drawn = "the graph" if redraw == 0 else f"none of the {total} graphs drawn; the last one"
     raise GraphError(f"G(n={n}, p={p}) with seed {seed} fails the check for b={b} ({drawn}): "
                      f"{'; '.join(report.failures())}. Raise graph.p, lower screening.b, or allow "
                      f"(more) redraws with graph.redraw")

@@ -16,16 +16,28 @@ the channels-last layout under which oneDNN runs LeNet about 1.6x faster on
 a CPU. Every rule in :mod:`mpisim.rules.aggregators` treats coordinates alike, so
 the order of coordinates never changes a result.
 
-Models (:data:`MODELS`): ``lenet`` (CGE paper, Section 3.4) for the server
-mode; ``linear`` (one-vs-all squared hinge, BRIDGE Section 5.1) and ``cnn``
-(BRIDGE Section 5.2) for the decentralized mode. :meth:`FlatModel.init_sample`
-draws a whole parameter vector from the default initialization, for
-Byzantine nodes that send random models.
+Models (:data:`MODELS`, one :class:`ModelSpec` per name a config may give as
+``model.name``):
+
+- classification (labels are class indices): ``lenet`` (CGE paper,
+  Section 3.4); ``linear`` (one-vs-all squared hinge, BRIDGE Section 5.1);
+  ``cnn`` (BRIDGE Section 5.2); ``logreg`` (multinomial logistic regression,
+  Yin et al. 2018, Section 7); ``mlp`` (one hidden ReLU layer, Ghosh et al.,
+  Section 7);
+- regression (real targets): ``least_squares`` (Ghosh et al., Section 7).
+
+A model's own settings (``model.params``, e.g. ``hidden`` of ``mlp``) are
+checked by :func:`check_params`. :meth:`FlatModel.init_sample` draws a whole
+parameter vector from the default initialization, for Byzantine nodes that
+send random models. What is measured on a trained model is the business of
+:mod:`mpisim.learning.tasks`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -34,6 +46,27 @@ import torch.nn.functional as F
 
 from .. import seeding
 
+KINDS = ("classification", "regression")
+
+# loss(outputs, targets, *, reduction="mean"|"sum"|"none") -> tensor
+Loss = Callable[..., torch.Tensor]
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str, loss_name: str) -> torch.Tensor:
+    """Reduce (N,) per-sample losses as ``F.cross_entropy`` does."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"{loss_name}: reduction must be 'mean', 'sum' or 'none', "
+                     f"got {reduction!r}")
+
+
+# --------------------------------------------------------------------------
+# Classification models
+# --------------------------------------------------------------------------
 
 class LeNet(nn.Module):
     """The LeNet of the CGE paper (Section 3.4): conv 20@5x5, max-pool 2, conv 50@5x5,
@@ -59,16 +92,14 @@ class LeNet(nn.Module):
         return self.fc2(x)
 
 
-def _lenet(input_shape, num_classes):
-    return LeNet(input_shape, num_classes), F.cross_entropy
-
-
 class LinearClassifier(nn.Module):
     """A linear classifier on the flattened image: scores = W x + c.
 
-    One weight row and one bias per class, i.e. the ten one-vs-all linear
-    classifiers of BRIDGE, Section 5.1, side by side: 10 x 784 + 10 = 7,850
-    parameters on 1x28x28 inputs. Train it with :func:`squared_hinge_ova`.
+    One weight row and one bias per class: 10 x 784 + 10 = 7,850 parameters
+    on 1x28x28 inputs. With :func:`squared_hinge_ova` these are the ten
+    one-vs-all linear classifiers of BRIDGE, Section 5.1, side by side
+    (``linear``); with softmax cross-entropy, the multinomial logistic
+    regression of Yin et al. 2018, Section 7 (``logreg``).
     """
 
     def __init__(self, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10):
@@ -96,18 +127,7 @@ def squared_hinge_ova(scores: torch.Tensor, labels: torch.Tensor, *,
     """
     targets = F.one_hot(labels, scores.shape[1]).to(scores.dtype).mul_(2).sub_(1)
     per_sample = (1 - targets * scores).clamp_min(0).square().sum(dim=1)
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    if reduction == "none":
-        return per_sample
-    raise ValueError(f"squared_hinge_ova: reduction must be 'mean', 'sum' or 'none', "
-                     f"got {reduction!r}")
-
-
-def _linear(input_shape, num_classes):
-    return LinearClassifier(input_shape, num_classes), squared_hinge_ova
+    return _reduce(per_sample, reduction, "squared_hinge_ova")
 
 
 class SmallCNN(nn.Module):
@@ -137,20 +157,169 @@ class SmallCNN(nn.Module):
         return self.fc2(x)
 
 
-def _cnn(input_shape, num_classes):
-    return SmallCNN(input_shape, num_classes), F.cross_entropy
+class MLP(nn.Module):
+    """A fully connected network with one hidden ReLU layer (Ghosh et al., Section 7).
+
+    scores = W2 relu(W1 x + c1) + c2 on the flattened input, with ``hidden``
+    units in the hidden layer; the paper uses 1000 on MNIST, which gives
+    784 x 1000 + 1000 + 1000 x 10 + 10 = 795,010 parameters. Trained with
+    cross-entropy, as in the paper.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10, *,
+                 hidden: int = 1000):
+        super().__init__()
+        self.fc1 = nn.Linear(int(np.prod(input_shape)), hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
-# name -> builder(input_shape, num_classes) -> (module, loss(logits, labels))
-# Every loss accepts reduction="sum" (FlatModel.evaluate uses it).
-MODELS: dict[str, Callable] = {
-    "lenet": _lenet,
-    "linear": _linear,
-    "cnn": _cnn,
-}
+# --------------------------------------------------------------------------
+# Regression models
+# --------------------------------------------------------------------------
+
+class LinearPredictor(nn.Module):
+    """The linear prediction a^T w of a least-squares problem: no bias, d parameters.
+
+    Inputs (N, d), outputs (N,). The weight is kept as an ``nn.Linear(d, 1,
+    bias=False)`` so that its (1, d) matrix is stored in the flat buffer as w
+    itself, coordinate for coordinate, and :meth:`FlatModel.init_sample` knows
+    its default initialization (uniform in +/- 1/sqrt(d)).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...]):
+        super().__init__()
+        self.fc = nn.Linear(int(np.prod(input_shape)), 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)).squeeze(1)
+
+
+def half_squared_error(predictions: torch.Tensor, targets: torch.Tensor, *,
+                       reduction: str = "mean") -> torch.Tensor:
+    """Squared loss with a factor 1/2: l_i = (1/2) (predictions[i] - targets[i])^2.
+
+    predictions and targets have the same shape (N,). With "mean" (the
+    default) the loss of a batch (A, b) of k rows is (1/2k) ||A w - b||^2 and
+    its gradient in w is A^T (A w - b) / k: the 1/2 cancels the 2 of the
+    square, as in the least-squares problem of Ghosh et al., Section 7 (whose
+    minimizer, argmin_w ||A w - b||_2, is the same). "sum" adds the l_i,
+    "none" returns them.
+    """
+    if predictions.shape != targets.shape:
+        # (N,) against (N, 1) would broadcast to an (N, N) matrix of wrong losses.
+        raise ValueError(f"half_squared_error: predictions {tuple(predictions.shape)} and "
+                         f"targets {tuple(targets.shape)} must have the same shape")
+    per_sample = (predictions - targets).square().mul_(0.5)
+    return _reduce(per_sample, reduction, "half_squared_error")
+
+
+# --------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------
+
+def _positive_int(value: Any) -> str | None:
+    # bool is an int in Python; hidden=True is a typo, not 1 unit.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        return f"must be an integer >= 1, got {value!r}"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """One entry of :data:`MODELS`: what a config's ``model.name`` builds.
+
+    ``kind`` is "classification" (outputs one score per class, targets are
+    class indices) or "regression" (one real output per sample).
+    ``params`` holds the defaults of the model's own settings
+    (``model.params``), ``checks`` a validator per key returning a message
+    or None. ``builder(input_shape, num_classes, params)`` returns
+    ``(module, loss)`` with every key of ``params`` filled in; ``num_classes``
+    is None for regression. ``description`` is one line naming the paper.
+    """
+
+    name: str
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    builder: Callable[[tuple[int, ...], int | None, Mapping[str, Any]], tuple[nn.Module, Loss]]
+    description: str
+    checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"model {self.name!r}: kind must be one of {', '.join(KINDS)}, "
+                             f"got {self.kind!r}")
+        # Frozen all the way down: a registry entry is shared by every run.
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        object.__setattr__(self, "checks", MappingProxyType(dict(self.checks)))
+
+
+def _registry(*specs: ModelSpec) -> dict[str, ModelSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+MODELS: dict[str, ModelSpec] = _registry(
+    ModelSpec(
+        name="lenet", kind="classification",
+        builder=lambda shape, classes, _: (LeNet(shape, classes), F.cross_entropy),
+        description="LeNet, conv 20 and 50 @5x5, fc 500, cross-entropy (CGE paper, Section 3.4)"),
+    ModelSpec(
+        name="linear", kind="classification",
+        builder=lambda shape, classes, _: (LinearClassifier(shape, classes), squared_hinge_ova),
+        description="linear one-vs-all classifiers, squared hinge loss (BRIDGE, Section 5.1)"),
+    ModelSpec(
+        name="cnn", kind="classification",
+        builder=lambda shape, classes, _: (SmallCNN(shape, classes), F.cross_entropy),
+        description="small CNN, conv 10 and 20 @5x5, fc 50, cross-entropy (BRIDGE, Section 5.2)"),
+    ModelSpec(
+        name="logreg", kind="classification",
+        builder=lambda shape, classes, _: (LinearClassifier(shape, classes), F.cross_entropy),
+        description="multinomial logistic regression, softmax cross-entropy "
+                    "(Yin et al. 2018, Section 7)"),
+    ModelSpec(
+        name="mlp", kind="classification", params={"hidden": 1000},
+        checks={"hidden": _positive_int},
+        builder=lambda shape, classes, p: (MLP(shape, classes, hidden=int(p["hidden"])),
+                                           F.cross_entropy),
+        description="one hidden ReLU layer of `hidden` units, cross-entropy "
+                    "(Ghosh et al., Section 7)"),
+    ModelSpec(
+        name="least_squares", kind="regression",
+        builder=lambda shape, _, __: (LinearPredictor(shape), half_squared_error),
+        description="linear prediction a^T w, loss (1/2)(a^T w - b)^2 "
+                    "(Ghosh et al., Section 7)"),
+)
 
 INITS = ("default", "zero")
 
+
+def check_params(name: str, params: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """``(field, message)`` for the first thing wrong with model ``name`` and
+    its ``model.params``, None when they are fine.
+
+    The field is ``model.name`` for an unknown model and
+    ``model.params.KEY`` for an unknown key or a bad value, so a config
+    error can point at the line to change.
+    """
+    spec = MODELS.get(name)
+    if spec is None:
+        return "model.name", f"unknown model {name!r}; known: {', '.join(MODELS)}"
+    for key, value in (params or {}).items():
+        if key not in spec.params:
+            return (f"model.params.{key}",
+                    f"{name} has no parameter {key!r}; its parameters: "
+                    f"{', '.join(spec.params) or 'none'}")
+        check = spec.checks.get(key)
+        problem = check(value) if check else None
+        if problem:
+            return f"model.params.{key}", f"{name}: {key} {problem}"
+    return None
+
+# --------------------------------------------------------------------------
+# The flat buffer
+# --------------------------------------------------------------------------
 
 def _flat_view(flat: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
     """A view of ``flat[offset: offset + numel]`` with the given shape (channels-last for 4-d)."""
@@ -165,7 +334,7 @@ def _flat_view(flat: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tens
 class FlatModel:
     """A model whose parameters live in one flat float32 buffer (see the module docstring)."""
 
-    def __init__(self, module: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    def __init__(self, module: nn.Module, loss: Loss):
         self.module = module
         self.loss = loss
         self._shapes = [p.shape for p in module.parameters()]
@@ -249,27 +418,15 @@ class FlatModel:
             param.grad = None
         return losses
 
-    @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
-        """Mean loss and accuracy of the current model on (x, y); both NaN if it is not finite.
 
-        A model with a NaN or infinite parameter predicts nothing (the argmax of
-        NaN logits is class 0, which would read as a chance-level accuracy).
-        """
-        if not bool(torch.isfinite(self.flat).all()):
-            return float("nan"), float("nan")
-        total_loss, correct = 0.0, 0
-        for start in range(0, len(y), batch_size):
-            logits = self.module(x[start:start + batch_size])
-            labels = y[start:start + batch_size]
-            total_loss += float(self.loss(logits, labels, reduction="sum"))
-            correct += int((logits.argmax(1) == labels).sum())
-        return total_loss / len(y), correct / len(y)
-
-
-def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, seed: int,
-          init: str = "default") -> FlatModel:
+def build(name: str, *, input_shape: tuple[int, ...], num_classes: int | None, seed: int,
+          init: str = "default", params: Mapping[str, Any] | None = None) -> FlatModel:
     """Model ``name`` with its initial parameters drawn from the run's seed.
+
+    ``num_classes`` is the number of classes for a classification model and
+    None for a regression model. ``params`` overrides the defaults of the
+    model's own settings (:attr:`ModelSpec.params`); it is checked by
+    :func:`check_params` first.
 
     ``init="default"``: PyTorch's default for each layer (Kaiming uniform,
     as in the CGE paper's Section 3.1), drawn from a generator seeded by the
@@ -277,14 +434,21 @@ def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, seed: in
     ``init="zero"``: every parameter is 0 (BRIDGE, Algorithm 1, line 1:
     w_j(0) = 0).
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    problem = check_params(name, params)
+    if problem:
+        raise ValueError(problem[1])
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
+    spec = MODELS[name]
+    if spec.kind == "classification" and num_classes is None:
+        raise ValueError(f"{name} is a classification model and needs num_classes")
+    if spec.kind == "regression" and num_classes is not None:
+        raise ValueError(f"{name} is a regression model: num_classes must be None, "
+                         f"got {num_classes!r}")
     state = torch.random.get_rng_state()
     torch.manual_seed(int(seeding.numpy_generator(seed, seeding.MODEL_INIT).integers(2**62)))
     try:
-        module, loss = MODELS[name](tuple(input_shape), num_classes)
+        module, loss = spec.builder(tuple(input_shape), num_classes, {**spec.params, **(params or {})})
     finally:
         torch.random.set_rng_state(state)
     model = FlatModel(module, loss)

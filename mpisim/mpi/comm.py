@@ -1,4 +1,4 @@
-"""Everything that touches MPI, apart from the two entry points.
+"""Everything that touches MPI: every communication of mpisim goes through here.
 
 - :func:`abort_on_error` turns an uncaught exception on any rank into an
   ``MPI_Abort`` of the whole job, with the rank and traceback on stderr, so a
@@ -29,8 +29,16 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
-__all__ = ["MPI", "abort_on_error", "agree", "wait", "Traffic", "bcast", "gatherv_rows",
-           "scatterv_rows", "NeighbourExchange", "gather_small", "split"]
+__all__ = ["MPI", "Comm", "world", "abort_on_error", "agree", "wait", "Traffic", "barrier", "bcast",
+           "gatherv_rows", "scatterv_rows", "NeighbourExchange", "gather_small", "reduce_array",
+           "allreduce_array", "split"]
+
+Comm = MPI.Comm
+
+
+def world() -> MPI.Comm:
+    """The job's world communicator (only the drivers' entry points ask for it)."""
+    return MPI.COMM_WORLD
 
 
 # Seconds between printing an uncaught exception and aborting the job.
@@ -325,8 +333,33 @@ class NeighbourExchange:
 
 
 def gather_small(comm: MPI.Comm, obj, *, root: int = 0):
-    """Gather a small picklable object (a control message) to ``root``."""
+    """Gather a small picklable object (a control message) to ``root``: a list there, None elsewhere."""
     return comm.gather(obj, root=root)
+
+
+def barrier(comm: MPI.Comm) -> None:
+    """Every rank of ``comm`` waits for all the others (every rank calls it)."""
+    comm.Barrier()
+
+
+_OPS = {"sum": MPI.SUM, "min": MPI.MIN, "max": MPI.MAX}
+
+
+def reduce_array(comm: MPI.Comm, local: np.ndarray, *, op: str, root: int = 0) -> np.ndarray | None:
+    """Elementwise ``op`` ("sum", "min", "max") of every rank's ``local`` (same shape and dtype
+    everywhere) on ``root``; None on the other ranks. Every rank calls it."""
+    local = np.ascontiguousarray(local)
+    out = np.empty_like(local) if comm.Get_rank() == root else None
+    comm.Reduce(local, out, op=_OPS[op], root=root)
+    return out
+
+
+def allreduce_array(comm: MPI.Comm, local: np.ndarray, *, op: str = "sum") -> np.ndarray:
+    """Elementwise ``op`` of every rank's ``local``, on every rank (every rank calls it)."""
+    local = np.ascontiguousarray(local)
+    out = np.empty_like(local)
+    comm.Allreduce(local, out, op=_OPS[op])
+    return out
 
 
 def split(comm: MPI.Comm, color: int | None, key: int = 0) -> MPI.Comm | None:

@@ -19,6 +19,9 @@ the screen cannot run on a node of degree m with tolerance b, and None
 otherwise; calling a screen on such a setting raises ``ValueError`` with that
 message (b is never lowered quietly). The bounds of the robust screens come
 from the checks of the matching rules in :mod:`mpisim.rules.aggregators`.
+``fn.min_degree(b)`` is the smallest m that ``fn.check`` accepts, found by
+asking the check itself (:func:`min_degree`), so that the graph check of the
+decentralized mode and the config validation use the very same bound.
 
 Non-finite input. The robust screens inherit the rule library's treatment of
 NaN, +/-inf and 1e30-scale rows: with at most b such rows among the received
@@ -39,6 +42,8 @@ from . import aggregators
 __all__ = [
     "SCREENS",
     "check",
+    "min_degree",
+    "describe",
     "screen",
     "bridge_t",
     "bridge_m",
@@ -50,8 +55,13 @@ __all__ = [
 
 Tensor = torch.Tensor
 
-#: config name -> screen ``fn(own, received, *, b) -> Tensor``; each has ``fn.check(m, b)``.
+#: config name -> screen ``fn(own, received, *, b) -> Tensor``; each has ``fn.check(m, b)``,
+#: ``fn.min_degree(b)``, and for messages ``fn.title`` and ``fn.bound`` (None when any m works).
 SCREENS: dict[str, Callable[..., Tensor]] = {}
+
+# min_degree gives up beyond this degree: a check that rejects every m is a
+# bug in the check (ByzFL's CenteredClipping), to be reported, not searched.
+_DEGREE_LIMIT = 1 << 40
 
 
 def _is_int(v: Any) -> bool:
@@ -84,13 +94,54 @@ def _as_inputs(name: str, own: Any, received: Any) -> tuple[Tensor, Tensor]:
     return own.detach(), received.detach()
 
 
-def _register(name: str, *, check: Callable[[int, int], str | None]):
-    """Register a screen under its config name; adds ``fn.check(m, b)`` and
-    makes the function validate its inputs and (m, b) before it runs."""
+def _first_passing_degree(name: str, check_fn: Callable[[int, int], str | None], b: int) -> int:
+    """The smallest m >= 0 with ``check_fn(m, b)`` None: doubling, then bisection.
+
+    Relies on the check being monotone in m (a node that can screen m
+    neighbours can screen m + 1: more rows only help every rule here); the
+    tests compare the result with a scan over m.
+    """
+    if check_fn(0, b) is None:
+        return 0
+    hi = 1
+    while check_fn(hi, b) is not None:
+        if hi >= _DEGREE_LIMIT:
+            raise ValueError(f"{name}: no degree m up to {_DEGREE_LIMIT:,} passes its check "
+                             f"for b={b}; the check rejects every degree")
+        hi *= 2
+    lo = hi // 2                       # check(lo) fails, check(hi) passes
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if check_fn(mid, b) is None:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _register(name: str, *, title: str, rule: str | None = None, bound: str | None = None,
+              with_own: bool = False):
+    """Register a screen under its config name.
+
+    A screen built on aggregator ``rule`` (with f = b, on own + received
+    when ``with_own``, else on the received rows) takes its check from that
+    rule; ``bound`` is the same condition written in m and b, for messages.
+    Without a rule every m is allowed. Adds ``fn.check(m, b)``,
+    ``fn.min_degree(b)``, ``fn.title`` and ``fn.bound``, and makes the
+    function validate its inputs and (m, b) before it runs.
+    """
+    check = (_rule_check(name, rule, bound, with_own=with_own) if rule is not None
+             else lambda m, b: None)
 
     def deco(impl: Callable[..., Tensor]) -> Callable[..., Tensor]:
         def check_fn(m: int, b: int) -> str | None:
             return _mb_problems(name, m, b) or check(m, b)
+
+        def min_degree_fn(b: int) -> int:
+            msg = _mb_problems(name, 0, b)
+            if msg:
+                raise ValueError(msg)
+            return _first_passing_degree(name, check_fn, b)
 
         @functools.wraps(impl)
         def screen_fn(own: Tensor, received: Tensor, *, b: int) -> Tensor:
@@ -101,7 +152,10 @@ def _register(name: str, *, check: Callable[[int, int], str | None]):
             return impl(own, received, b=b)
 
         screen_fn.check = check_fn
+        screen_fn.min_degree = min_degree_fn
         screen_fn.config_name = name
+        screen_fn.title = title
+        screen_fn.bound = bound
         SCREENS[name] = screen_fn
         return screen_fn
 
@@ -134,7 +188,7 @@ def _with_own(own: Tensor, received: Tensor) -> Tensor:
 # BRIDGE-T: the conference paper's screen (Algorithm 1, eqs 4-7)
 # --------------------------------------------------------------------------
 
-@_register("bridge_t", check=_rule_check("bridge_t", "cwtm", "m > 2b", with_own=False))
+@_register("bridge_t", title="trimmed mean", rule="cwtm", bound="m > 2b")
 def bridge_t(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-T: coordinate-wise trimmed mean of the neighbours, averaged with own.
 
@@ -165,7 +219,7 @@ def bridge_t(own: Tensor, received: Tensor, *, b: int) -> Tensor:
 # journal version adds screens built on other robust rules; here each one
 # runs on the set {own} + received (m + 1 vectors) with f = b.
 
-@_register("bridge_m", check=_rule_check("bridge_m", "median", "m >= 2b", with_own=True))
+@_register("bridge_m", title="median", rule="median", bound="m >= 2b", with_own=True)
 def bridge_m(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-M: coordinate-wise median of own and the received vectors.
 
@@ -179,7 +233,7 @@ def bridge_m(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return aggregators.median(_with_own(own, received), f=b)
 
 
-@_register("bridge_k", check=_rule_check("bridge_k", "krum", "m > 2b + 1", with_own=True))
+@_register("bridge_k", title="Krum", rule="krum", bound="m > 2b + 1", with_own=True)
 def bridge_k(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-K: the Krum choice among own and the received vectors.
 
@@ -197,7 +251,7 @@ def bridge_k(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return aggregators.krum(_with_own(own, received), f=b)
 
 
-@_register("bridge_b", check=_rule_check("bridge_b", "bulyan", "m >= 4b + 2", with_own=True))
+@_register("bridge_b", title="Bulyan", rule="bulyan", bound="m >= 4b + 2", with_own=True)
 def bridge_b(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-B: Bulyan over own and the received vectors.
 
@@ -222,7 +276,7 @@ def bridge_b(own: Tensor, received: Tensor, *, b: int) -> Tensor:
 # Baselines
 # --------------------------------------------------------------------------
 
-@_register("dgd", check=lambda m, b: None)
+@_register("dgd", title="plain average, not robust")
 def dgd(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """DGD: plain average of own and all received vectors (not robust).
 
@@ -234,7 +288,7 @@ def dgd(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return received.sum(dim=0).add_(own).div_(received.shape[0] + 1)
 
 
-@_register("local", check=lambda m, b: None)
+@_register("local", title="no exchange")
 def local(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """Local only: return (a copy of) own, ignoring every received vector.
 
@@ -249,13 +303,42 @@ def local(own: Tensor, received: Tensor, *, b: int) -> Tensor:
 # Lookup
 # --------------------------------------------------------------------------
 
+def _unknown(name: str) -> str:
+    return f"unknown screening {name!r}; known screenings: {', '.join(sorted(SCREENS))}"
+
+
 def check(name: str, m: int, b: int) -> str | None:
     """Message explaining why screen ``name`` cannot run on a node of degree
     m with tolerance b; None when it can."""
     fn = SCREENS.get(name)
     if fn is None:
-        return f"unknown screening {name!r}; known screenings: {', '.join(sorted(SCREENS))}"
+        return _unknown(name)
     return fn.check(m, b)
+
+
+def min_degree(name: str, b: int) -> int:
+    """The smallest degree m at which screen ``name`` can run with tolerance b.
+
+    Found by asking ``check(name, m, b)`` (the rules' own checks), never
+    from a second copy of the formulas; each screen's docstring states its
+    bound, and dgd and local (0) run on any m. This is the screening's bound
+    only: the decentralized mode's graph check keeps BRIDGE's rule, degree
+    > 2b, as a floor (:func:`mpisim.graphs.topology.required_degree`).
+    ``ValueError`` for an unknown name or a b that is not an integer >= 0.
+    """
+    fn = SCREENS.get(name)
+    if fn is None:
+        raise ValueError(_unknown(name))
+    return fn.min_degree(b)
+
+
+def describe(name: str) -> str:
+    """How messages name screen ``name``: "bridge_b (Bulyan: m >= 4b + 2)",
+    "dgd (plain average, not robust)"; ``ValueError`` for an unknown name."""
+    fn = SCREENS.get(name)
+    if fn is None:
+        raise ValueError(_unknown(name))
+    return f"{name} ({fn.title}: {fn.bound})" if fn.bound else f"{name} ({fn.title})"
 
 
 def screen(name: str, own: Tensor, received: Tensor, *, b: int) -> Tensor:
@@ -263,5 +346,5 @@ def screen(name: str, own: Tensor, received: Tensor, *, b: int) -> Tensor:
     with the check's message for an unknown name or an impossible (m, b)."""
     fn = SCREENS.get(name)
     if fn is None:
-        raise ValueError(check(name, 0, 0))
+        raise ValueError(_unknown(name))
     return fn(own, received, b=b)

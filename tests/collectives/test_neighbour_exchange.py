@@ -11,7 +11,8 @@ import torch
 from mpi4py import MPI
 
 from mpisim.mpi import comm as mpi
-from mpisim.decentralized import Plan, RankState
+from mpisim.graphs.exchange import GraphPlan, MessagePool
+from mpisim.placement import Placement
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
@@ -53,9 +54,9 @@ def test_every_node_receives_what_its_neighbours_meant_for_it(world, two_faced):
     rng = np.random.default_rng(5)
     upper = np.triu(rng.random((n, n)) < 0.6, 1)
     adj = upper | upper.T
-    plan = Plan(n, per_rank, frozenset({1, 4}), two_faced, adj)
-    state = RankState(plan, world.rank, d)
-    state.connect(world)
+    plan = GraphPlan(Placement(n, per_rank), frozenset({1, 4}), two_faced, adj)
+    state = MessagePool(plan, world.rank, d)
+    exchange = mpi.NeighbourExchange(world, d=d, send_rows=state.send_rows, recv_rows=state.recv_counts)
 
     def code(i, j):  # what node i sends to node j
         if i in plan.byzantine and two_faced:
@@ -67,11 +68,11 @@ def test_every_node_receives_what_its_neighbours_meant_for_it(world, two_faced):
     for (i, j), row in state.message_row.items():
         state.pool[row].fill_(code(i, j if j >= 0 else 999) if j >= 0 else 1000.0 * i + 999)
 
-    state.exchange.exchange(state.pool.numpy(), state.incoming.numpy())
+    exchange.exchange(state.pool.numpy(), state.incoming.numpy())
 
     for j in state.nodes:
         got = state.received(j)[:, 0].tolist()
         expected = [code(int(i), j) for i in plan.neighbours(j)]
         assert got == expected, (j, got, expected)
         assert torch.all(state.received(j) == state.received(j)[:, :1])  # whole rows
-    state.exchange.free()
+    exchange.free()

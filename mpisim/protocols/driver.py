@@ -1,0 +1,405 @@
+"""The driver: everything a run does around its protocol's rounds, written once.
+
+    configuration on every rank -> the protocol's plan -> the run directory
+    -> the learning problem (data, partition, model, task) -> the rounds,
+    with evaluations on a fixed schedule -> summary, per-rank report, arrays
+
+A protocol (:class:`Protocol`) supplies only what differs: its plan (roles,
+placement, graph), the object that plays this rank's role, one round of
+that role, and its evaluation. The driver never knows a rule's name; a
+protocol never opens a file or builds the run directory.
+
+Every bad input stops every rank before any work, with one message naming
+the field and exit code 2; an exception during the run aborts the whole
+job (:func:`mpisim.mpi.comm.abort_on_error`).
+
+One metrics schema for every protocol, one JSON line per evaluation:
+``round``, ``time`` (seconds since the first round started), ``train_loss``
+(the honest agents' or nodes' mean training loss since the previous line),
+the task's test metrics (``test_loss`` and ``test_accuracy``, or
+``test_loss`` and ``distance_to_optimum``), the protocol's extras, and
+``bytes`` moved so far by role (``<role>_sent``, ``<role>_received``, and
+``adversary_*`` for the faulty agents' own collective).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from .. import config, datasets, metrics, seeding
+from ..config import ConfigError
+from ..graphs.topology import GraphError
+from ..learning import models, tasks
+from ..mpi import comm as mpi
+
+ROOT = 0
+EVAL_BATCH = 1000  # test samples per forward pass when evaluating
+
+
+# ---------------------------------------------------------------- what a protocol supplies
+
+
+class Role:
+    """What one rank does in a protocol: built by :meth:`Protocol.create`, driven by :func:`run`.
+
+    Every method marked collective is called by every rank of the job in
+    the same order, or the job deadlocks.
+    """
+
+    role: str = ""  # "server", "agents", "nodes": the prefix of this rank's byte counts
+    ids: Sequence[int] = ()  # the agents or nodes it hosts
+
+    def __init__(self):
+        self.traffic = mpi.Traffic()
+        self.timer = metrics.PhaseTimer()
+
+    def step(self, t: int) -> None:
+        """Round t (1, 2, ...); collective."""
+        raise NotImplementedError
+
+    def train_loss(self) -> tuple[float, int]:
+        """(sum, count) of the honest training losses on this rank since the last call."""
+        return 0.0, 0
+
+    def evaluate(self) -> dict | None:
+        """The test metrics, on rank 0 (None elsewhere); collective."""
+        raise NotImplementedError
+
+    def final_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays to save with ``run.save_model`` ({name: array}, on rank 0); collective."""
+        return {}
+
+    def artefacts(self) -> dict[str, Any]:
+        """JSON files for the run directory ({file name: value}), on rank 0."""
+        return {}
+
+    def summary(self, final: dict, diverged: bool) -> dict:
+        """The protocol's fields of summary.json, on rank 0."""
+        return {}
+
+    def describe(self, summary: dict) -> list[str]:
+        """Lines printed at the end of the run, on rank 0, after the first (see Protocol.headline)."""
+        return []
+
+
+class Protocol:
+    """A protocol's entry in the driver: its configuration, plan and roles (class methods only)."""
+
+    mode: ClassVar[str]                 # "server", "decentralized": summary["mode"]
+    config_class: ClassVar[type]
+    prog: ClassVar[str]                 # "python -m mpisim.server_mode"
+    description: ClassVar[str]
+    unit: ClassVar[str] = "round"       # the progress bar's unit
+
+    @staticmethod
+    def validate(cfg, world_size: int | None) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def plan(cls, cfg) -> Any:
+        """Roles, placement, graph: pure, the same on every rank. May raise ConfigError or GraphError."""
+        raise NotImplementedError
+
+    @classmethod
+    def run_name(cls, cfg, plan) -> list[str]:
+        """Parts of the default run directory name (the driver adds the time)."""
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, world: mpi.Comm, cfg, plan) -> Role:
+        """This rank's role object; collective (roles are decided here, once)."""
+        raise NotImplementedError
+
+    @classmethod
+    def headline(cls, summary: dict) -> str:
+        """The first line printed at the end of the run."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def faulty_ids(cfg, n: int) -> tuple[int, ...]:
+    """The faulty agents or nodes: ``byzantine.ids``, or ``byzantine.count`` drawn from the seed."""
+    byz = cfg.byzantine
+    if byz.fault == "none" or byz.count == 0:
+        return ()
+    return seeding.byzantine_ids(cfg.run.seed, n, byz.count, byz.ids)
+
+
+@dataclass
+class Problem:
+    """The learning problem as one rank needs it (built by :func:`load_problem`).
+
+    ``train`` and ``shards`` when the rank trains, ``x_test`` / ``y_test``
+    (the first ``data.test_size`` test samples) when it evaluates; every
+    rank gets the same initial ``model`` and the ``task``.
+    """
+
+    train: datasets.Dataset | None
+    shards: list[np.ndarray] | None
+    x_test: torch.Tensor | None
+    y_test: torch.Tensor | None
+    model: models.FlatModel
+    task: tasks.Task
+
+    def sampler(self, i: int, *, seed: int, batch_size: int) -> datasets.sampler.Sampler:
+        """Agent or node ``i``'s batch sampler over its shard (its stream: seed and i only)."""
+        return datasets.sampler.Sampler(self.train, self.shards[i], agent_id=i, seed=seed,
+                                        batch_size=batch_size)
+
+    def evaluate(self) -> dict[str, float]:
+        """The task's test metrics of the current ``model.flat``."""
+        return self.task.evaluate(self.model, self.x_test, self.y_test, batch_size=EVAL_BATCH)
+
+
+def load_problem(cfg, *, num_shards: int, train: bool, test: bool) -> Problem:
+    """Data set (the splits asked for), partition, initial model and task of ``cfg``."""
+    name, root, params, seed = cfg.data.name, cfg.data.root, dict(cfg.data.params), cfg.run.seed
+    train_set = datasets.load(name, root, "train", params=params, seed=seed) if train else None
+    test_set = datasets.load(name, root, "test", params=params, seed=seed) if test else None
+    shards = None
+    if train_set is not None:
+        shards = config.make_partition(cfg, num_shards, labels=train_set.targets if
+                                       train_set.num_classes else None,
+                                       num_samples=len(train_set)).shards
+    x_test = y_test = None
+    if test_set is not None:
+        x_test, y_test = test_set.tensors(np.arange(cfg.data.test_size or len(test_set)))
+    shape_from = train_set if train_set is not None else test_set
+    model = models.build(cfg.model.name, input_shape=shape_from.input_shape,
+                         num_classes=shape_from.num_classes, seed=seed, init=cfg.model.init,
+                         params=dict(cfg.model.params))
+    task = tasks.make(kind=shape_from.kind, model_name=cfg.model.name, optimum=shape_from.optimum)
+    return Problem(train_set, shards, x_test, y_test, model, task)
+
+
+def eval_rounds(run_cfg) -> set[int]:
+    """Rounds after which the run evaluates: 0 (the initial model), every eval_every, and the last."""
+    return set(range(0, run_cfg.rounds + 1, run_cfg.eval_every)) | {run_cfg.rounds}
+
+
+def progress_bar(total: int, show: bool, unit: str = "round"):
+    """A tqdm bar on stderr, shown only when ``show`` and stderr is a terminal (else a silent one)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, disable=None if show else True, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def bytes_by_role(reports: list[tuple[str, dict]], *, adversary: bool) -> dict[str, int]:
+    """Bytes moved so far by every role (summed over its ranks), from each rank's (role, traffic)."""
+    out: dict[str, int] = {}
+    for role, traffic in reports:
+        for direction in ("sent", "received"):
+            key = f"{role}_{direction}"
+            out[key] = out.get(key, 0) + traffic[direction].get("protocol", 0)
+    if adversary:
+        for direction in ("sent", "received"):
+            out[f"adversary_{direction}"] = sum(t[direction].get("adversary", 0) for _, t in reports)
+    return out
+
+
+def finite(value) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# ---------------------------------------------------------------- set-up on every rank
+
+
+@contextlib.contextmanager
+def _quiet_unless(show: bool):
+    """Silence stdout/stderr (argparse's --help and usage errors) on all ranks but one."""
+    if show:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _exit_if(world: mpi.Comm, error: str | None) -> None:
+    """Every rank calls this: if any rank has an error, rank 0 prints the first one and all exit 2.
+
+    An empty error string means a clean exit (``--help``): code 0, nothing printed.
+    """
+    error = mpi.agree(world, error)
+    if error is None:
+        return
+    if error and world.Get_rank() == ROOT:
+        print(f"mpisim: {error}", file=sys.stderr)
+    sys.exit(2 if error else 0)
+
+
+def read_config(world: mpi.Comm, argv: Sequence[str] | None, protocol: type[Protocol]):
+    """Parse and validate the configuration on every rank; all ranks exit together on any error.
+
+    ``--help`` prints once and exits 0. ``--print-config`` validates all but
+    the job's size (it needs no mpiexec), prints the resolved TOML and exits 0.
+    """
+    rank = world.Get_rank()
+    error, cfg, print_only = None, None, False
+    try:
+        with _quiet_unless(rank == ROOT):
+            cfg, print_only = config.parse_args(protocol.config_class, argv, prog=protocol.prog,
+                                                description=protocol.description)
+        protocol.validate(cfg, None if print_only else world.Get_size())
+    except ConfigError as exc:
+        error = f"config error: {exc}"
+    except SystemExit as exc:  # --help, or argparse's own usage error
+        error = "" if exc.code in (0, None) else "usage error (see --help)"
+    _exit_if(world, error)
+    if print_only:
+        if rank == ROOT:
+            print(config.dumps(cfg), end="")
+        sys.exit(0)
+    return cfg
+
+
+def _agreed(world: mpi.Comm, make: Callable[[], Any]):
+    """``make()`` on this rank; a ConfigError or GraphError on any rank stops every rank (exit 2)."""
+    error, value = None, None
+    try:
+        value = make()
+    except GraphError as exc:
+        error = f"graph error: {exc}"
+    except ConfigError as exc:
+        error = f"config error: {exc}"
+    _exit_if(world, error)
+    return value
+
+
+def _run_dir(cfg, parts: list[str]):
+    """Create the run directory and write config.toml (rank 0); OS errors become config errors."""
+    try:
+        run_dir = metrics.make_run_dir(cfg.run.out_dir, cfg.run.name, metrics.default_run_name(parts))
+    except FileExistsError:
+        raise ConfigError("run.name", f"{cfg.run.out_dir}/{cfg.run.name} already exists: runs never "
+                                      f"write into another run's directory") from None
+    except OSError as exc:
+        raise ConfigError("run.out_dir", f"cannot create the run directory under {cfg.run.out_dir}: "
+                                         f"{exc.strerror or exc}") from None
+    try:
+        return metrics.RunLog(run_dir, config.dumps(cfg))
+    except OSError as exc:
+        raise ConfigError("run.out_dir", f"cannot write into {run_dir}: {exc.strerror or exc}") from None
+
+
+# ---------------------------------------------------------------- the run
+
+
+def main(protocol: type[Protocol], argv: Sequence[str] | None = None) -> int:
+    """``python -m mpisim.<mode>``: set up on every rank, run the rounds, report. Returns 0."""
+    torch.set_num_threads(1)  # one rank per core; more threads per rank oversubscribe (6x slower)
+    world = mpi.world()
+    rank = world.Get_rank()
+    cfg = read_config(world, argv, protocol)
+    plan = _agreed(world, lambda: protocol.plan(cfg))
+    log = _agreed(world, lambda: _run_dir(cfg, protocol.run_name(cfg, plan)) if rank == ROOT else None)
+    summary = run(world, protocol, cfg, plan, log)
+    if rank == ROOT:
+        print(protocol.headline(summary))
+        for line in summary.pop("_lines"):
+            print(f"  {line}")
+        sys.stdout.flush()
+    return 0
+
+
+def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLog | None) -> dict | None:
+    """The rounds of one run (every rank calls it); the summary on rank 0, None elsewhere."""
+    rank = world.Get_rank()
+    start = time.perf_counter()
+    role = protocol.create(world, cfg, plan)
+    if log is not None:
+        for name, value in role.artefacts().items():
+            log.save_json(name, value)
+    setup_seconds = time.perf_counter() - start
+    adversary = "adversary" in getattr(protocol, "traffic", ())
+    schedule = eval_rounds(cfg.run)
+
+    def record(t: int, clock: float) -> dict | None:
+        report = (role.role, role.train_loss(), role.traffic.as_dict())
+        reports = mpi.gather_small(world, report, root=ROOT)
+        tested = role.evaluate()
+        if rank != ROOT:
+            return None
+        total = sum(r[1][0] for r in reports)
+        count = sum(r[1][1] for r in reports)
+        line = {"round": t, "time": time.perf_counter() - clock,
+                "train_loss": total / count if count else None, **tested,
+                "bytes": bytes_by_role([(r[0], r[2]) for r in reports], adversary=adversary)}
+        log.log(line)
+        return line
+
+    mpi.barrier(world)  # every rank is set up: the clock starts for all
+    clock = time.perf_counter()
+    last = record(0, clock)
+    headline = getattr(protocol, "headline_metric", None)
+    progress = progress_bar(cfg.run.rounds, rank == ROOT and cfg.run.progress, unit=protocol.unit)
+    for t in range(1, cfg.run.rounds + 1):
+        role.step(t)
+        if t in schedule:
+            last = record(t, clock)
+            if last is not None:
+                key = headline or next(iter(k for k in last if k.startswith("test_")), None)
+                if key and finite(last.get(key)):
+                    progress.set_postfix({key.removeprefix("test_"): f"{last[key]:.4g}"}, refresh=False)
+        progress.update(1)
+    progress.close()
+    loop_seconds = time.perf_counter() - clock
+
+    ranks = mpi.gather_small(world, {"rank": rank, "role": role.role, "ids": list(role.ids),
+                                     "peak_rss": metrics.peak_rss_bytes(), "phases": role.timer.totals,
+                                     "traffic": role.traffic.as_dict()}, root=ROOT)
+    arrays = role.final_arrays() if cfg.run.save_model else {}
+    if rank != ROOT:
+        return None
+    final = {k: v for k, v in last.items() if k not in ("time", "bytes")}
+    tested = [v for k, v in final.items() if k.startswith("test_") or k == "distance_to_optimum"]
+    diverged = not all(finite(v) for v in tested)
+    summary = {
+        "mode": protocol.mode,
+        "run_dir": str(log.dir),
+        "rounds": cfg.run.rounds,
+        "world_size": world.Get_size(),
+        **role.summary(final, diverged),
+        "final": final,
+        "diverged": diverged,
+        "bytes": last["bytes"],
+        "setup_seconds": setup_seconds,
+        "loop_seconds": loop_seconds,
+        "rounds_per_second": cfg.run.rounds / loop_seconds,
+        "ranks": ranks,
+    }
+    # The summary first: a full disk then loses the model file, not the record of the run.
+    log.summary(summary)
+    for name, array in arrays.items():
+        log.save_array(name, array)
+    log.close()
+    files = ", ".join(["config.toml", *role.artefacts(), "metrics.jsonl", "summary.json",
+                       *[f"{name}.npy" for name in arrays]])
+    summary["_lines"] = [
+        *role.describe(summary),
+        f"wall time {loop_seconds:.1f} s for the {protocol.unit}s "
+        f"({summary['rounds_per_second']:.2f} {protocol.unit}s/s) + {setup_seconds:.1f} s set-up",
+        f"results: {log.dir}/ ({files})",
+    ]
+    return summary
+
+
+def entry_point(protocol: type[Protocol]) -> Callable[[Sequence[str] | None], int]:
+    """``main`` of ``python -m mpisim.<mode>``: the driver under abort-on-error."""
+
+    @mpi.abort_on_error
+    def entry(argv: Sequence[str] | None = None) -> int:
+        return main(protocol, argv)
+
+    return entry

@@ -1,0 +1,317 @@
+"""Server mode: D-SGD with a robust gradient filter (CGE paper, Section 2.1).
+
+Rank 0 is the parameter server; ranks 1.. host ``agents.per_rank`` agents
+each (the last one possibly fewer). One round, t = 1, 2, ...:
+
+1. the server broadcasts the flat model w (``Bcast`` of d float32);
+2. every agent draws its batch from its own shard and computes its
+   stochastic gradient (eq 8; ``data.batch_size 0``: the gradient of its
+   whole local loss); a faulty agent with a data fault does so on
+   corrupted labels;
+3. omniscient faults: the agent ranks gather every true gradient on the
+   rank of the first faulty agent (the "leader"), which computes the
+   faulty agents' colluding messages and scatters them back; these bytes
+   are counted as adversary traffic, apart from the protocol's;
+4. the agents' messages are gathered into one (n, d) buffer on the server
+   (``Gatherv``, rows in agent order);
+5. the server optionally applies gradient averaging (eq 25), then the
+   filter, and steps: w <- w - eta_t * filtered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import seeding
+from ..config import ServerModeConfig, validate_server_mode
+from ..learning import schedules
+from ..mpi import comm as mpi
+from ..placement import Placement
+from ..rules import aggregators, attacks
+from . import driver
+from .state import Agent, Server, generator_states, load_generator_states
+
+SERVER = 0
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """Which rank hosts which agent, and which agents are faulty; the same on every rank."""
+
+    placement: Placement     # agents on ranks 1..
+    byzantine: tuple[int, ...]
+
+    @property
+    def honest(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.placement.n) if i not in self.byzantine)
+
+
+class ServerMode(driver.Protocol):
+    mode = "server"
+    config_class = ServerModeConfig
+    prog = "python -m mpisim.server_mode"
+    description = "Server mode: D-SGD with a robust gradient filter, one MPI process per role."
+    traffic = ("protocol", "adversary")
+    validate = staticmethod(validate_server_mode)
+
+    @classmethod
+    def plan(cls, cfg: ServerModeConfig) -> ServerPlan:
+        return ServerPlan(Placement(cfg.agents.n, cfg.agents.per_rank, first=1),
+                          driver.faulty_ids(cfg, cfg.agents.n))
+
+    @classmethod
+    def run_name(cls, cfg: ServerModeConfig, plan: ServerPlan) -> list[str]:
+        fault = cfg.byzantine.fault if plan.byzantine else "nofault"
+        return ["server", cfg.aggregator.name, f"f{cfg.aggregator.f}", fault, f"s{cfg.run.seed}"]
+
+    @classmethod
+    def create(cls, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan) -> driver.Role:
+        rank = world.Get_rank()
+        # The agents' own communicator, for colluding faults. Every rank calls Split.
+        agents_comm = mpi.split(world, None if rank == SERVER else 1, key=rank)
+        if rank == SERVER:
+            return ServerRole(world, cfg, plan)
+        return AgentHost(world, agents_comm, cfg, plan)
+
+    @classmethod
+    def headline(cls, s: dict) -> str:
+        byz = s["byzantine_ids"]
+        return (f"mpisim server mode: {s['rounds']} rounds of {s['n']} agents on {s['world_size'] - 1} "
+                f"agent ranks, filter {s['aggregator']} (f={s['f']}), fault {s['fault']}"
+                + (f" on agents {byz}" if byz else ""))
+
+
+def describe_final(final: dict, test_samples: int) -> str:
+    """One line with the task's final test metrics ("n/a" for a non-finite model)."""
+    def fmt(key, value):
+        if not driver.finite(value):
+            return "n/a (model not finite)"
+        return f"{100 * value:.2f}%" if key == "test_accuracy" else f"{value:.4g}"
+
+    if "test_accuracy" in final:
+        head = f"final test accuracy {fmt('test_accuracy', final['test_accuracy'])}"
+    else:
+        head = f"final distance to the optimum {fmt('d', final.get('distance_to_optimum'))}"
+    return f"{head} on {test_samples} test samples, test loss {fmt('test_loss', final['test_loss'])}"
+
+
+# ---------------------------------------------------------------- server
+
+
+class ServerRole(driver.Role):
+    """Rank 0: broadcast, gather, filter, step; evaluate."""
+
+    role = "server"
+
+    def __init__(self, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan):
+        super().__init__()
+        self.world, self.cfg, self.plan = world, cfg, plan
+        n = plan.placement.n
+        self.problem = driver.load_problem(cfg, num_shards=n, train=False, test=True)
+        model = self.problem.model
+        self.state = Server(model.flat, seeding.torch_generator(cfg.run.seed, seeding.SERVER),
+                            n=n, averaging=cfg.aggregator.averaging)
+        self.received = np.empty((n, model.d), dtype=np.float32)  # reused every round
+        self.gradients = torch.from_numpy(self.received)
+        self.nothing = np.empty((0, model.d), dtype=np.float32)
+        agg = cfg.aggregator
+        self.rule = aggregators.build(agg.name, f=agg.f, params=dict(agg.params), pre=agg.pre,
+                                      pre_params={k: dict(v) for k, v in agg.pre_params.items()})
+        optim = cfg.optim
+        self.step_size = schedules.build(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power)
+        self.counts = plan.placement.counts()
+
+    def step(self, t: int) -> None:
+        w, timer, traffic = self.state.model, self.timer, self.traffic
+        with timer("bcast"):
+            mpi.bcast(self.world, w.numpy(), root=SERVER, traffic=traffic)
+        with timer("gather"):
+            mpi.gatherv_rows(self.world, self.nothing, self.received, rows_per_rank=self.counts,
+                             root=SERVER, traffic=traffic)
+        with timer("filter"):
+            filtered = self.state.filter(self.gradients, self.rule)
+        with timer("step"):
+            w.sub_(filtered, alpha=self.step_size(t - 1))
+
+    def evaluate(self) -> dict:
+        with self.timer("eval"):
+            return self.problem.evaluate()
+
+    def final_arrays(self) -> dict[str, np.ndarray]:
+        return {"model": self.state.model.numpy()}
+
+    def summary(self, final: dict, diverged: bool) -> dict:
+        cfg, plan = self.cfg, self.plan
+        return {"n": plan.placement.n, "d": self.problem.model.d,
+                "agents_per_rank": plan.placement.per_rank, "byzantine_ids": list(plan.byzantine),
+                "aggregator": cfg.aggregator.name, "f": cfg.aggregator.f,
+                "fault": cfg.byzantine.fault if plan.byzantine else "none",
+                "test_samples": len(self.problem.y_test), "server_phases": self.timer.totals}
+
+    def describe(self, s: dict) -> list[str]:
+        lines = [describe_final(s["final"], s["test_samples"])]
+        if s["diverged"]:
+            lines.append(f"the model diverged (test loss not finite): {self._divergence_hint(s)}")
+        return lines
+
+    def _divergence_hint(self, s: dict) -> str:
+        agg = self.cfg.aggregator
+        if s["aggregator"] == "mean" and s["byzantine_ids"]:
+            return (f"the filter is mean, which passes every message on, and faulty agents "
+                    f"{s['byzantine_ids']} send {s['fault']}: use a robust filter (--aggregator.name)")
+        hint = "lower --optim.lr"
+        if s["aggregator"] == "cge" and agg.params.get("reduce", "sum") == "sum":
+            kept = s["n"] - s["f"]
+            hint += (f", or average instead of summing with --aggregator.params.reduce mean (cge sums the "
+                     f"n - f = {kept} kept gradients, so its step is {kept} times that of an average)")
+        return hint
+
+    def state_dict(self) -> dict:
+        return {"server": self.state.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state.load_state_dict(state["server"])
+
+
+# ---------------------------------------------------------------- agents
+
+
+class Coalition:
+    """The faulty agents' collusion for omniscient faults, through the agents' communicator.
+
+    Every agent rank takes part in its collective. The leader (the agent rank
+    of the first faulty agent) gathers every agent's true gradient,
+    computes the faulty agents' messages with the coalition's generators
+    (one per faulty agent, stream (ATTACK, id), whoever hosts it), and
+    scatters them back.
+    """
+
+    def __init__(self, agents_comm: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan, attack,
+                 rank: int):
+        self.comm, self.attack, self.plan = agents_comm, attack, plan
+        self.params = dict(cfg.byzantine.params)
+        placement = plan.placement
+        agent_ranks = range(placement.first, placement.world_size)
+        self.rows = [len(placement.ids_of(r)) for r in agent_ranks]
+        self.faulty_rows = [sum(i in plan.byzantine for i in placement.ids_of(r)) for r in agent_ranks]
+        self.leader = placement.rank_of(plan.byzantine[0]) - placement.first
+        self.is_leader = agents_comm.Get_rank() == self.leader
+        self.local = [j for j, i in enumerate(placement.ids_of(rank)) if i in plan.byzantine]
+        self.rngs = ({i: seeding.torch_generator(cfg.run.seed, seeding.ATTACK, i) for i in plan.byzantine}
+                     if self.is_leader else {})
+        self.everyone = None
+        self.received = None
+
+    def corrupt(self, send: np.ndarray, traffic: mpi.Traffic) -> None:
+        """Replace the faulty agents' rows of ``send`` by their messages (every agent rank calls it)."""
+        d = send.shape[1]
+        if self.is_leader and (self.everyone is None or self.everyone.shape[1] != d):
+            self.everyone = np.empty((self.plan.placement.n, d), dtype=np.float32)
+        mpi.gatherv_rows(self.comm, send, self.everyone if self.is_leader else None,
+                         rows_per_rank=self.rows, root=self.leader, traffic=traffic, category="adversary")
+        messages = None
+        if self.is_leader:
+            everyone = torch.from_numpy(self.everyone)
+            byz, honest = list(self.plan.byzantine), list(self.plan.honest)
+            messages = self.attack.fn(everyone[byz], honest=everyone[honest], f=len(byz),
+                                      rngs=[self.rngs[i] for i in byz], **self.params)
+            messages = np.ascontiguousarray(messages.numpy(), dtype=np.float32)
+        if self.received is None or self.received.shape[1] != d:
+            self.received = np.empty((len(self.local), d), dtype=np.float32)
+        mpi.scatterv_rows(self.comm, messages, self.received, rows_per_rank=self.faulty_rows,
+                          root=self.leader, traffic=traffic, category="adversary")
+        if self.local:
+            send[self.local] = self.received
+
+    def state_dict(self) -> dict:
+        return {"rngs": generator_states(self.rngs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        load_generator_states(self.rngs, state["rngs"])
+
+
+class AgentHost(driver.Role):
+    """An agent rank: receive w, compute its agents' gradients, (attack,) send them."""
+
+    role = "agents"
+
+    def __init__(self, world: mpi.Comm, agents_comm: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan):
+        super().__init__()
+        self.world, self.cfg, self.plan = world, cfg, plan
+        rank = world.Get_rank()
+        self.ids = list(plan.placement.ids_of(rank))
+        problem = driver.load_problem(cfg, num_shards=plan.placement.n, train=True, test=False)
+        self.num_classes = problem.train.num_classes
+        seed = cfg.run.seed
+        self.agents = {i: Agent(i, problem.sampler(i, seed=seed, batch_size=cfg.data.batch_size),
+                                fault_rng=seeding.torch_generator(seed, seeding.ATTACK, i)
+                                if i in plan.byzantine else None)
+                       for i in self.ids}
+        del problem.train  # each agent keeps its own shard only
+        self.model = problem.model
+        self.send = np.empty((len(self.ids), self.model.d), dtype=np.float32)
+        self.send_rows = torch.from_numpy(self.send)
+        self.counts = plan.placement.counts()
+        self.attack = attacks.REGISTRY.get(cfg.byzantine.fault) if plan.byzantine else None
+        self.params = dict(cfg.byzantine.params)
+        omniscient = self.attack is not None and self.attack.kind == "message" and self.attack.omniscient
+        self.coalition = Coalition(agents_comm, cfg, plan, self.attack, rank) if omniscient else None
+        # Rows of the send buffer of this rank's faulty agents, for faults run here.
+        self.local_faulty = [j for j, i in enumerate(self.ids) if i in plan.byzantine]
+
+    def _batches(self) -> list:
+        batches = [agent.sampler.batch() for agent in self.agents.values()]
+        if self.attack is not None and self.attack.kind == "data":
+            for j in self.local_faulty:
+                x, y = batches[j]
+                agent = self.agents[self.ids[j]]
+                batches[j] = (x, self.attack.fn(y, num_classes=self.num_classes, rng=agent.fault_rng,
+                                                **self.params))
+        return batches
+
+    def _corrupt(self) -> None:
+        if self.coalition is not None:
+            self.coalition.corrupt(self.send, self.traffic)
+        elif self.attack is not None and self.attack.kind == "message" and self.local_faulty:
+            own = torch.from_numpy(self.send[self.local_faulty])
+            rngs = [self.agents[self.ids[j]].fault_rng for j in self.local_faulty]
+            self.send[self.local_faulty] = self.attack.fn(own, honest=None, f=len(self.plan.byzantine),
+                                                          rngs=rngs, **self.params).numpy()
+
+    def step(self, t: int) -> None:
+        timer, traffic = self.timer, self.traffic
+        with timer("bcast"):
+            mpi.bcast(self.world, self.model.flat.numpy(), root=SERVER, traffic=traffic)
+        with timer("compute"):
+            losses = self.model.gradients(self._batches(), self.send_rows)
+            for agent, loss in zip(self.agents.values(), losses):
+                agent.losses.add(loss)
+        with timer("attack"):
+            self._corrupt()
+        with timer("gather"):
+            mpi.gatherv_rows(self.world, self.send, None, rows_per_rank=self.counts, root=SERVER,
+                             traffic=traffic)
+
+    def train_loss(self) -> tuple[float, int]:
+        windows = [agent.losses.take() for agent in self.agents.values()]
+        honest = [w for agent, w in zip(self.agents.values(), windows) if not agent.faulty]
+        return sum(w[0] for w in honest), sum(w[1] for w in honest)
+
+    def evaluate(self) -> None:
+        return None
+
+    def final_arrays(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"agents": {i: a.state_dict() for i, a in self.agents.items()},
+                "coalition": None if self.coalition is None else self.coalition.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, agent in self.agents.items():
+            agent.load_state_dict(state["agents"][i])
+        if self.coalition is not None:
+            self.coalition.load_state_dict(state["coalition"])
