@@ -101,7 +101,7 @@ class RunLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / "config.toml", config_toml)
         path = self.dir / "metrics.jsonl"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)  # RDWR: to find a torn tail
         self._fd = os.open(path, flags, 0o666)
         if append:
             _drop_torn_tail(self._fd)

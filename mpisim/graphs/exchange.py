@@ -127,8 +127,3 @@ class MessagePool:
     def received(self, node: int) -> torch.Tensor:
         """(degree, d) matrix of what ``node`` received, rows in ascending neighbour id."""
         return self.pool.index_select(0, self.inbox[node])
-
-    def messages_sent(self) -> int:
-        """Messages this rank's nodes send per exchange, one per (node, neighbour) pair,
-        counted whatever rank the neighbour is on (the protocol's own count)."""
-        return int(sum(len(self.plan.neighbours(i)) for i in self.nodes))

@@ -151,6 +151,7 @@ class NodeHost(driver.Role):
         rank = world.Get_rank()
         problem = driver.load_problem(cfg, num_shards=plan.n, train=True, test=True)
         self.problem, self.model = problem, problem.model
+        self.headline = problem.task.headline
         d = self.model.d
         self.pool = MessagePool(plan, rank, d)
         self.pool.models.copy_(self.model.flat.expand(len(self.pool.nodes), -1))  # same w(0) everywhere

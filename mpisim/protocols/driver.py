@@ -57,6 +57,7 @@ class Role:
 
     role: str = ""  # "server", "agents", "nodes": the prefix of this rank's byte counts
     ids: Sequence[int] = ()  # the agents or nodes it hosts
+    headline: str | None = None  # the test metric the progress bar shows (rank 0)
 
     def __init__(self):
         self.traffic = mpi.Traffic()
@@ -99,6 +100,7 @@ class Protocol:
     prog: ClassVar[str]                 # "python -m mpisim.server_mode"
     description: ClassVar[str]
     unit: ClassVar[str] = "round"       # the progress bar's unit
+    traffic: ClassVar[tuple[str, ...]] = ("protocol",)  # byte categories its records report
 
     @staticmethod
     def validate(cfg, world_size: int | None) -> None:
@@ -322,7 +324,7 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
         for name, value in role.artefacts().items():
             log.save_json(name, value)
     setup_seconds = time.perf_counter() - start
-    adversary = "adversary" in getattr(protocol, "traffic", ())
+    adversary = "adversary" in protocol.traffic
     schedule = eval_rounds(cfg.run)
 
     def record(t: int, clock: float) -> dict | None:
@@ -342,16 +344,14 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
     mpi.barrier(world)  # every rank is set up: the clock starts for all
     clock = time.perf_counter()
     last = record(0, clock)
-    headline = getattr(protocol, "headline_metric", None)
     progress = progress_bar(cfg.run.rounds, rank == ROOT and cfg.run.progress, unit=protocol.unit)
     for t in range(1, cfg.run.rounds + 1):
         role.step(t)
         if t in schedule:
             last = record(t, clock)
-            if last is not None:
-                key = headline or next(iter(k for k in last if k.startswith("test_")), None)
-                if key and finite(last.get(key)):
-                    progress.set_postfix({key.removeprefix("test_"): f"{last[key]:.4g}"}, refresh=False)
+            key = role.headline
+            if last is not None and key and finite(last.get(key)):
+                progress.set_postfix({key.removeprefix("test_"): f"{last[key]:.4g}"}, refresh=False)
         progress.update(1)
     progress.close()
     loop_seconds = time.perf_counter() - clock

@@ -111,6 +111,7 @@ class ServerRole(driver.Role):
         self.world, self.cfg, self.plan = world, cfg, plan
         n = plan.placement.n
         self.problem = driver.load_problem(cfg, num_shards=n, train=False, test=True)
+        self.headline = self.problem.task.headline
         model = self.problem.model
         self.state = Server(model.flat, seeding.torch_generator(cfg.run.seed, seeding.SERVER),
                             n=n, averaging=cfg.aggregator.averaging)
