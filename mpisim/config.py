@@ -81,8 +81,11 @@ class DataConfig:
                          "synthetic_regression need none)")
     params: Mapping[str, Any] = _opt({}, "the data set's own parameters, e.g. "
                                          "--data.params.samples 4000 for synthetic_regression")
-    batch_size: int = _opt(16, "samples per agent or node and round (k of the CGE paper's eq 8); "
-                               "0: the whole local shard (full local gradient)")
+    batch_size: int = _opt(16, "samples per agent or node and round, drawn with replacement (k of the "
+                               "CGE paper's eq 8); 0: the whole local shard (full local gradient)")
+    batch_fraction: float = _opt(0.0, "instead of batch_size: this fraction of the local shard, in (0, 1], "
+                                      "drawn afresh without replacement every round (Yin et al. Section 7: "
+                                      "0.1); 0: use batch_size")
     train_size: int = _opt(0, "use a seeded random subset of this many training samples (0: all)")
     test_size: int = _opt(0, "evaluate on the first this many test samples (0: all)")
     partition: str = _opt("iid", "split of the training set across agents or nodes: iid, dirichlet "
@@ -114,6 +117,8 @@ class OptimConfig:
     t0: float = _opt(500.0, "t0 of the inverse schedule (BRIDGE's 1/(lambda (t0 + t)) is inverse "
                             "with lr = 1/(lambda t0))")
     power: float = _opt(1.0, "p of the power schedule, in (1/2, 1] (BRSGD paper, Corollary 4.1)")
+    project_radius: float = _opt(math.inf, "after every step, project the model onto the l2 ball of this "
+                                           "radius around 0 (Yin et al.'s W); inf: no projection")
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,6 @@ class RunSections:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 @dataclass(frozen=True)
@@ -165,8 +169,45 @@ class ServerModeConfig(RunSections):
     """Configuration of ``python -m mpisim.server_mode``."""
 
     agents: HostsConfig = field(default_factory=HostsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
+
+
+@dataclass(frozen=True)
+class ErmConfig:
+    """[erm]: how each worker computes its local empirical risk minimiser (one_round)."""
+
+    method: str = _opt("auto", "auto: the exact solution for least_squares (a linear solve), L-BFGS "
+                               "otherwise; lbfgs: L-BFGS for every model")
+    tol: float = _opt(1e-5, "L-BFGS stops once the l2 norm of the local objective's gradient is below this")
+    max_iter: int = _opt(1000, "L-BFGS stops after this many iterations even if tol is not reached")
+    l2: float = _opt(0.0, "weight of (l2 / 2) ||w||^2 added to every local objective")
+
+
+def _one_round_run() -> RunConfig:
+    return RunConfig(rounds=1, eval_every=1)
+
+
+def _one_round_model() -> ModelConfig:
+    return ModelConfig(name="logreg", init="zero")
+
+
+def _one_round_byzantine() -> ByzantineConfig:
+    return ByzantineConfig(fault="random_labels")
+
+
+@dataclass(frozen=True)
+class OneRoundConfig(RunSections):
+    """Configuration of ``python -m mpisim.one_round``."""
+
+    run: RunConfig = field(default_factory=_one_round_run)
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=0))
+    model: ModelConfig = field(default_factory=_one_round_model)
+    agents: HostsConfig = field(default_factory=HostsConfig)
+    erm: ErmConfig = field(default_factory=ErmConfig)
+    aggregator: AggregatorConfig = field(default_factory=lambda: AggregatorConfig(name="median"))
+    byzantine: ByzantineConfig = field(default_factory=_one_round_byzantine)
 
 
 @dataclass(frozen=True)
@@ -521,6 +562,8 @@ def validate_optim(optim: OptimConfig) -> None:
     from .learning import schedules
 
     _raise(schedules.check(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power))
+    require(optim.project_radius > 0, "optim.project_radius",
+            f"the radius of W must be positive (inf: no projection), got {optim.project_radius}")
 
 
 def validate_problem(cfg, *, num_shards: int) -> int:
@@ -549,6 +592,8 @@ def validate_problem(cfg, *, num_shards: int) -> int:
             f"{model_cfg.name} is a {model_kind} model but {data_cfg.name} is a {spec.kind} data set")
     require(data_cfg.batch_size >= 0, "data.batch_size",
             f"must be >= 0 (0: the whole local shard), got {data_cfg.batch_size}")
+    require(data_cfg.batch_fraction == 0 or 0 < data_cfg.batch_fraction <= 1, "data.batch_fraction",
+            f"must be in (0, 1] (or 0 to use data.batch_size), got {data_cfg.batch_fraction}")
     require(data_cfg.partition in partition.PARTITIONS, "data.partition",
             f"unknown partition {data_cfg.partition!r}; known: {', '.join(partition.PARTITIONS)}")
     require(math.isfinite(data_cfg.alpha) and data_cfg.alpha > 0, "data.alpha",
@@ -586,7 +631,7 @@ def make_partition(cfg, num_shards: int, *, labels, num_samples: int):
     return partition.partition(data_cfg.partition, num_samples=num_samples, labels=labels,
                                num_agents=num_shards, seed=cfg.run.seed, subset=data_cfg.train_size,
                                alpha=data_cfg.alpha, shards_per_agent=data_cfg.shards_per_agent,
-                               min_size=max(1, data_cfg.batch_size))
+                               min_size=1 if data_cfg.batch_fraction else max(1, data_cfg.batch_size))
 
 
 def _validate_run_of(cfg, world_size: int | None, *, section: str, servers: int, least: int) -> None:
@@ -604,7 +649,8 @@ def _validate_run_of(cfg, world_size: int | None, *, section: str, servers: int,
                 f"{n} {section} at {per_rank} per rank need {needed} MPI ranks ({server_text}), but the "
                 f"job has {world_size}; run with mpiexec -n {needed}, or change {section}.n / "
                 f"{section}.per_rank")
-    validate_optim(cfg.optim)
+    if hasattr(cfg, "optim"):
+        validate_optim(cfg.optim)
     validate_problem(cfg, num_shards=n)
 
 
@@ -636,6 +682,22 @@ def _validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequ
 
 def validate_server_mode(cfg: ServerModeConfig, world_size: int | None) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (None: skip the rank count)."""
+    _validate_server_and_agents(cfg, world_size)
+
+
+def validate_one_round(cfg: OneRoundConfig, world_size: int | None) -> None:
+    """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (None: skip the rank count)."""
+    require(cfg.run.rounds == 1, "run.rounds", f"the one-round algorithm has one round, got {cfg.run.rounds}")
+    erm = cfg.erm
+    require(erm.method in ("auto", "lbfgs"), "erm.method", f"must be auto or lbfgs, got {erm.method!r}")
+    require(math.isfinite(erm.tol) and erm.tol > 0, "erm.tol", f"must be a positive number, got {erm.tol}")
+    require(erm.max_iter >= 1, "erm.max_iter", f"must be >= 1, got {erm.max_iter}")
+    require(math.isfinite(erm.l2) and erm.l2 >= 0, "erm.l2", f"must be >= 0, got {erm.l2}")
+    _validate_server_and_agents(cfg, world_size)
+
+
+def _validate_server_and_agents(cfg, world_size: int | None) -> None:
+    """A server on rank 0 and agents on the other ranks: the server mode and the one-round algorithm."""
     from .rules import attacks
 
     n = cfg.agents.n

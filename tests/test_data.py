@@ -293,7 +293,7 @@ def test_sampler_state_dict_round_trip_resumes_the_same_batches():
     for _ in range(3):
         (x1, y1), (x2, y2) = original.batch(), restored.batch()
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    with pytest.raises(ValueError, match="150 samples"):
+    with pytest.raises(ValueError, match=r"\(150, 8, 0.0\)"):
         data.Sampler(ds, shard[:10], agent_id=4, seed=9, batch_size=8).load_state_dict(state)
 
 
@@ -307,3 +307,17 @@ def test_sampler_on_regression_data_keeps_float_targets():
     assert y.dtype == torch.float32 and y.shape == (5,)
     with pytest.raises(ValueError, match="empty shard"):
         data.Sampler(ds, np.arange(0), agent_id=3, seed=1, batch_size=5)
+
+
+def test_a_fraction_batch_is_a_fresh_sample_without_replacement_every_round():
+    ds = data.load("mnist-small", "", "test")
+    sampler = data.Sampler(ds, np.arange(200, 400), agent_id=1, seed=0, batch_size=16, fraction=0.1)
+
+    (x1, y1), (x2, _) = sampler.batch(), sampler.batch()
+
+    assert x1.shape == (20, 1, 28, 28) and len(y1) == 20  # 10% of 200, batch_size ignored
+    rows1 = {tuple(r.flatten().tolist()) for r in x1}
+    assert len(rows1) == 20  # no sample twice in one batch
+    assert not torch.equal(x1, x2)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        data.Sampler(ds, np.arange(10), agent_id=1, seed=0, batch_size=16, fraction=1.5)

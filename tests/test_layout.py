@@ -20,7 +20,7 @@ PURE = sorted(
     _module(path)
     for path in PACKAGE.rglob("*.py")
     if MPI_LAYER not in path.parents and "protocols" not in path.parts
-    and path.name not in ("server_mode.py", "decentralized.py", "__main__.py")
+    and path.name not in ("server_mode.py", "decentralized.py", "one_round.py", "__main__.py")
 ) + ["mpisim.protocols.state"]
 
 # mpi4py methods that communicate or change communicators.

@@ -316,3 +316,21 @@ def test_init_sample_of_the_new_models_stays_within_the_default_bounds(name, kwa
         assert values.abs().max() <= bounds[layer], layer
         if values.numel() >= 100:   # enough draws to come near the edge of the range
             assert values.abs().max() > 0.9 * bounds[layer], layer
+
+
+@pytest.mark.parametrize("name, shape", [("logreg", (1, 28, 28)), ("lenet", (1, 28, 28))])
+def test_a_full_batch_gradient_in_chunks_is_the_average_of_per_sample_gradients(name, shape):
+    # Yin et al.'s Algorithm 1 sends grad F_i, the average of the per-sample
+    # gradients of the whole shard; a large shard is taken in pieces.
+    model = models.build(name, input_shape=shape, num_classes=10, seed=0)
+    x, y = torch.randn(10, *shape), torch.arange(10) % 10
+    per_sample = torch.zeros(10, model.d)
+    model.gradients([(x[i:i + 1], y[i:i + 1]) for i in range(10)], per_sample)
+    whole, chunked = torch.zeros(1, model.d), torch.zeros(1, model.d)
+
+    losses = model.gradients([(x, y)], whole)
+    chunked_losses = model.gradients([(x, y)], chunked, chunk=3)  # pieces of 3, 3, 3 and 1
+
+    torch.testing.assert_close(whole[0], per_sample.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked[0], per_sample.mean(0), rtol=1e-5, atol=1e-6)
+    assert chunked_losses[0] == pytest.approx(losses[0], rel=1e-6)

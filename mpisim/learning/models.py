@@ -321,6 +321,11 @@ def check_params(name: str, params: Mapping[str, Any] | None) -> tuple[str, str]
 # The flat buffer
 # --------------------------------------------------------------------------
 
+# Samples per forward pass when one batch is larger (a full local gradient):
+# bounds the activations held at once (LeNet: about 30 MB per 4,096 samples).
+GRADIENT_CHUNK = 4096
+
+
 def _flat_view(flat: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tensor:
     """A view of ``flat[offset: offset + numel]`` with the given shape (channels-last for 4-d)."""
     numel = int(np.prod(shape))
@@ -331,12 +336,23 @@ def _flat_view(flat: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tens
     return chunk.view(shape)
 
 
+def flat_views(model: "FlatModel", flat: torch.Tensor) -> list[torch.Tensor]:
+    """Views of a flat vector (d,), any dtype, shaped as ``model``'s parameters in their order
+    (the layout of ``model.flat``): gradient rows, or float64 copies of the parameters."""
+    views, offset = [], 0
+    for shape in model._shapes:
+        views.append(_flat_view(flat, offset, shape))
+        offset += int(np.prod(shape))
+    return views
+
+
 class FlatModel:
     """A model whose parameters live in one flat float32 buffer (see the module docstring)."""
 
-    def __init__(self, module: nn.Module, loss: Loss):
+    def __init__(self, module: nn.Module, loss: Loss, *, name: str = ""):
         self.module = module
         self.loss = loss
+        self.name = name  # the registry name it was built under (mpisim.learning.erm reads it)
         self._shapes = [p.shape for p in module.parameters()]
         self.d = sum(int(np.prod(s)) for s in self._shapes)
         self.flat = torch.empty(self.d, dtype=torch.float32)
@@ -392,17 +408,19 @@ class FlatModel:
         return sample.mul_(bounds)
 
     def _grad_views(self, row: torch.Tensor) -> list[torch.Tensor]:
-        views, offset = [], 0
-        for shape in self._shapes:
-            views.append(_flat_view(row, offset, shape))
-            offset += int(np.prod(shape))
-        return views
+        return flat_views(self, row)
 
-    def gradients(self, batches, out: torch.Tensor) -> np.ndarray:
+    def gradients(self, batches, out: torch.Tensor, *, chunk: int = GRADIENT_CHUNK) -> np.ndarray:
         """Mean-loss gradient of each batch ``(x, y)`` into row i of ``out`` (a, d); returns the losses.
 
         Row i is overwritten with the gradient at the current ``flat`` of the
-        average loss over batch i (eq 8 of the CGE paper).
+        average loss over batch i (eq 8 of the CGE paper; with a whole shard
+        as the batch, the full local gradient of Yin et al.'s Algorithm 1).
+        A batch of more than ``chunk`` samples is taken ``chunk`` samples at a
+        time: each piece's summed loss, divided by the batch size, is
+        back-propagated into the same row, so the activations held at once
+        stay bounded whatever the shard's size (smaller batches take one pass,
+        as they always did).
         """
         losses = np.empty(len(batches))
         params = list(self.module.parameters())
@@ -411,9 +429,18 @@ class FlatModel:
             row.zero_()
             for param, view in zip(params, self._grad_views(row)):
                 param.grad = view
-            loss = self.loss(self.module(x), y)
-            loss.backward()
-            losses[i] = loss.item()
+            if len(y) <= chunk:
+                loss = self.loss(self.module(x), y)
+                loss.backward()
+                losses[i] = loss.item()
+                continue
+            total = 0.0
+            for start in range(0, len(y), chunk):
+                piece = self.loss(self.module(x[start:start + chunk]), y[start:start + chunk],
+                                  reduction="sum") / len(y)
+                piece.backward()
+                total += piece.item()
+            losses[i] = total
         for param in params:
             param.grad = None
         return losses
@@ -451,7 +478,7 @@ def build(name: str, *, input_shape: tuple[int, ...], num_classes: int | None, s
         module, loss = spec.builder(tuple(input_shape), num_classes, {**spec.params, **(params or {})})
     finally:
         torch.random.set_rng_state(state)
-    model = FlatModel(module, loss)
+    model = FlatModel(module, loss, name=name)
     if init == "zero":
         model.flat.zero_()
     return model

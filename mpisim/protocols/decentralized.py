@@ -39,7 +39,7 @@ from .. import seeding
 from ..config import ConfigError, DecentralizedConfig, validate_decentralized
 from ..graphs import topology
 from ..graphs.exchange import GraphPlan, MessagePool
-from ..learning import schedules
+from ..learning import projection, schedules
 from ..mpi import comm as mpi
 from ..placement import Placement
 from ..rules import attacks, screening
@@ -147,7 +147,7 @@ class NodeHost(driver.Role):
                  report: topology.GraphReport, attempt: int):
         super().__init__()
         self.world, self.cfg, self.plan = world, cfg, plan
-        self.report, self.attempt = report, attempt
+        self.graph_report, self.attempt = report, attempt
         rank = world.Get_rank()
         problem = driver.load_problem(cfg, num_shards=plan.n, train=True, test=True)
         self.problem, self.model = problem, problem.model
@@ -160,7 +160,7 @@ class NodeHost(driver.Role):
         adam = local.method == "adam"
         seed = cfg.run.seed
         self.nodes = {
-            j: Node(j, problem.sampler(j, seed=seed, batch_size=cfg.data.batch_size), self.pool.models[k],
+            j: Node(j, problem.sampler(j, cfg), self.pool.models[k],
                     fault_rng=seeding.torch_generator(seed, seeding.ATTACK, j) if j in plan.byzantine else None,
                     optimizer=(lambda params: torch.optim.Adam(params, lr=optim.lr)) if adam else None)
             for k, j in enumerate(self.ids)}
@@ -196,6 +196,7 @@ class NodeHost(driver.Role):
             screen_all(self.pool, self.screen, b=self.b, exchanging=self.exchanging, out=self.fresh)
             if step is not None:
                 self.fresh.sub_(self.grads, alpha=step)
+            projection.project_ball_(self.fresh, self.cfg.optim.project_radius)
             self.pool.models.copy_(self.fresh)
 
     def step(self, t: int) -> None:
@@ -287,7 +288,7 @@ class NodeHost(driver.Role):
 
     def artefacts(self) -> dict:
         return {"graph.json": {"attempt": self.attempt, "edges": np.argwhere(np.triu(self.plan.adj)).tolist(),
-                               "report": self.report.as_dict()}}
+                               "report": self.graph_report.as_dict()}}
 
     def summary(self, final: dict, diverged: bool) -> dict:
         cfg, plan = self.cfg, self.plan
@@ -300,7 +301,7 @@ class NodeHost(driver.Role):
                 "byzantine_ids": sorted(plan.byzantine),
                 "fault": cfg.byzantine.fault if plan.byzantine else "none", "two_faced": plan.two_faced,
                 "order": "adam_then_screen" if local.method == "adam" else local.order,
-                "graph": self.report.as_dict(), "graph_attempt": self.attempt,
+                "graph": self.graph_report.as_dict(), "graph_attempt": self.attempt,
                 "consensus_reached": reached, "test_samples": len(self.problem.y_test)}
 
     def describe(self, s: dict) -> list[str]:

@@ -83,6 +83,10 @@ class Role:
         """JSON files for the run directory ({file name: value}), on rank 0."""
         return {}
 
+    def report(self) -> dict:
+        """What this rank adds to its entry of summary.json's per-rank report (small)."""
+        return {}
+
     def summary(self, final: dict, diverged: bool) -> dict:
         """The protocol's fields of summary.json, on rank 0."""
         return {}
@@ -154,10 +158,10 @@ class Problem:
     model: models.FlatModel
     task: tasks.Task
 
-    def sampler(self, i: int, *, seed: int, batch_size: int) -> datasets.sampler.Sampler:
-        """Agent or node ``i``'s batch sampler over its shard (its stream: seed and i only)."""
-        return datasets.sampler.Sampler(self.train, self.shards[i], agent_id=i, seed=seed,
-                                        batch_size=batch_size)
+    def sampler(self, i: int, cfg) -> datasets.sampler.Sampler:
+        """Agent or node ``i``'s batch sampler over its shard (its stream: the seed and i only)."""
+        return datasets.sampler.Sampler(self.train, self.shards[i], agent_id=i, seed=cfg.run.seed,
+                                        batch_size=cfg.data.batch_size, fraction=cfg.data.batch_fraction)
 
     def evaluate(self) -> dict[str, float]:
         """The task's test metrics of the current ``model.flat``."""
@@ -358,13 +362,14 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
 
     ranks = mpi.gather_small(world, {"rank": rank, "role": role.role, "ids": list(role.ids),
                                      "peak_rss": metrics.peak_rss_bytes(), "phases": role.timer.totals,
-                                     "traffic": role.traffic.as_dict()}, root=ROOT)
+                                     "traffic": role.traffic.as_dict(), **role.report()}, root=ROOT)
     arrays = role.final_arrays() if cfg.run.save_model else {}
     if rank != ROOT:
         return None
     final = {k: v for k, v in last.items() if k not in ("time", "bytes")}
     tested = [v for k, v in final.items() if k.startswith("test_") or k == "distance_to_optimum"]
     diverged = not all(finite(v) for v in tested)
+    role.ranks = ranks  # the protocol's summary may read the other ranks' reports
     summary = {
         "mode": protocol.mode,
         "run_dir": str(log.dir),

@@ -15,7 +15,9 @@ each (the last one possibly fewer). One round, t = 1, 2, ...:
 4. the agents' messages are gathered into one (n, d) buffer on the server
    (``Gatherv``, rows in agent order);
 5. the server optionally applies gradient averaging (eq 25), then the
-   filter, and steps: w <- w - eta_t * filtered.
+   filter, and steps: w <- Pi_W(w - eta_t * filtered), with Pi_W the
+   projection onto the ball of radius ``optim.project_radius`` (Yin et al.,
+   Algorithm 1; none by default).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 
 from .. import seeding
 from ..config import ServerModeConfig, validate_server_mode
-from ..learning import schedules
+from ..learning import projection, schedules
 from ..mpi import comm as mpi
 from ..placement import Placement
 from ..rules import aggregators, attacks
@@ -105,6 +107,7 @@ class ServerRole(driver.Role):
     """Rank 0: broadcast, gather, filter, step; evaluate."""
 
     role = "server"
+    broadcasts = True  # the model goes out every round (the one-round algorithm sends nothing)
 
     def __init__(self, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan):
         super().__init__()
@@ -121,21 +124,32 @@ class ServerRole(driver.Role):
         agg = cfg.aggregator
         self.rule = aggregators.build(agg.name, f=agg.f, params=dict(agg.params), pre=agg.pre,
                                       pre_params={k: dict(v) for k, v in agg.pre_params.items()})
-        optim = cfg.optim
-        self.step_size = schedules.build(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power)
+        self.step_size = self.step_sizes(cfg)
         self.counts = plan.placement.counts()
+
+    @staticmethod
+    def step_sizes(cfg):
+        """eta_t as a function of the 0-based round."""
+        optim = cfg.optim
+        return schedules.build(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power)
 
     def step(self, t: int) -> None:
         w, timer, traffic = self.state.model, self.timer, self.traffic
-        with timer("bcast"):
-            mpi.bcast(self.world, w.numpy(), root=SERVER, traffic=traffic)
+        if self.broadcasts:
+            with timer("bcast"):
+                mpi.bcast(self.world, w.numpy(), root=SERVER, traffic=traffic)
         with timer("gather"):
             mpi.gatherv_rows(self.world, self.nothing, self.received, rows_per_rank=self.counts,
                              root=SERVER, traffic=traffic)
         with timer("filter"):
             filtered = self.state.filter(self.gradients, self.rule)
         with timer("step"):
-            w.sub_(filtered, alpha=self.step_size(t - 1))
+            self.update(filtered, t)
+
+    def update(self, filtered: torch.Tensor, t: int) -> None:
+        """w <- Pi_W(w - eta_t * filtered): the step, then the projection onto W (if any)."""
+        self.state.model.sub_(filtered, alpha=self.step_size(t - 1))
+        projection.project_ball_(self.state.model, self.cfg.optim.project_radius)
 
     def evaluate(self) -> dict:
         with self.timer("eval"):
@@ -238,6 +252,7 @@ class AgentHost(driver.Role):
     """An agent rank: receive w, compute its agents' gradients, (attack,) send them."""
 
     role = "agents"
+    broadcasts = True
 
     def __init__(self, world: mpi.Comm, agents_comm: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan):
         super().__init__()
@@ -247,7 +262,7 @@ class AgentHost(driver.Role):
         problem = driver.load_problem(cfg, num_shards=plan.placement.n, train=True, test=False)
         self.num_classes = problem.train.num_classes
         seed = cfg.run.seed
-        self.agents = {i: Agent(i, problem.sampler(i, seed=seed, batch_size=cfg.data.batch_size),
+        self.agents = {i: Agent(i, problem.sampler(i, cfg),
                                 fault_rng=seeding.torch_generator(seed, seeding.ATTACK, i)
                                 if i in plan.byzantine else None)
                        for i in self.ids}
@@ -263,8 +278,10 @@ class AgentHost(driver.Role):
         # Rows of the send buffer of this rank's faulty agents, for faults run here.
         self.local_faulty = [j for j, i in enumerate(self.ids) if i in plan.byzantine]
 
-    def _batches(self) -> list:
-        batches = [agent.sampler.batch() for agent in self.agents.values()]
+    def _batches(self, whole: bool = False) -> list:
+        """Every hosted agent's batch (its whole shard if ``whole``), labels corrupted for
+        the faulty agents when the fault is a data fault."""
+        batches = [agent.sampler.all() if whole else agent.sampler.batch() for agent in self.agents.values()]
         if self.attack is not None and self.attack.kind == "data":
             for j in self.local_faulty:
                 x, y = batches[j]
@@ -272,6 +289,12 @@ class AgentHost(driver.Role):
                 batches[j] = (x, self.attack.fn(y, num_classes=self.num_classes, rng=agent.fault_rng,
                                                 **self.params))
         return batches
+
+    def compute(self) -> None:
+        """Fill the send buffer with the hosted agents' true messages: their gradients at w."""
+        losses = self.model.gradients(self._batches(), self.send_rows)
+        for agent, loss in zip(self.agents.values(), losses):
+            agent.losses.add(loss)
 
     def _corrupt(self) -> None:
         if self.coalition is not None:
@@ -284,12 +307,11 @@ class AgentHost(driver.Role):
 
     def step(self, t: int) -> None:
         timer, traffic = self.timer, self.traffic
-        with timer("bcast"):
-            mpi.bcast(self.world, self.model.flat.numpy(), root=SERVER, traffic=traffic)
+        if self.broadcasts:
+            with timer("bcast"):
+                mpi.bcast(self.world, self.model.flat.numpy(), root=SERVER, traffic=traffic)
         with timer("compute"):
-            losses = self.model.gradients(self._batches(), self.send_rows)
-            for agent, loss in zip(self.agents.values(), losses):
-                agent.losses.add(loss)
+            self.compute()
         with timer("attack"):
             self._corrupt()
         with timer("gather"):

@@ -1,0 +1,17 @@
+"""The robust one-round algorithm (Yin et al. 2018, Algorithm 2).
+
+    mpiexec -n 11 python -m mpisim.one_round [--config FILE] [--section.field VALUE ...]
+
+Rank 0 is the master, ranks 1.. host the workers; the protocol is
+:mod:`mpisim.protocols.one_round`, run by :mod:`mpisim.protocols.driver`.
+"""
+
+import sys
+
+from .protocols import driver
+from .protocols.one_round import OneRound
+
+main = driver.entry_point(OneRound)
+
+if __name__ == "__main__":
+    sys.exit(main())
