@@ -86,6 +86,7 @@ def check_jobs(cells: dict[str, list[str]], *, nprocs: int, module: str = "mpisi
     cls, validate = {
         "mpisim.server_mode": (config.ServerModeConfig, config.validate_server_mode),
         "mpisim.decentralized": (config.DecentralizedConfig, config.validate_decentralized),
+        "mpisim.one_round": (config.OneRoundConfig, config.validate_one_round),
     }[module]
     for key, args in cells.items():
         try:

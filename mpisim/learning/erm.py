@@ -47,7 +47,7 @@ class ErmResult:
 
     def as_dict(self) -> dict:
         return {"grad_norm": self.grad_norm, "iterations": self.iterations, "loss": self.loss,
-                "converged": self.converged}
+                "converged": self.converged, "norm": float(torch.linalg.vector_norm(self.w.double()))}
 
 
 def least_squares(x: torch.Tensor, y: torch.Tensor, *, l2: float = 0.0) -> torch.Tensor:

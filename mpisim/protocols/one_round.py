@@ -107,7 +107,7 @@ class ErmHost(AgentHost):
                                   exact=exact)
             self.send_rows[j].copy_(result.w)
             agent.losses.add(result.loss)
-            self.results[agent.id] = result.as_dict()
+            self.results[agent.id] = result.as_dict()  # the true ERM, before any message fault
 
     def report(self) -> dict:
         return {"erm": self.results}

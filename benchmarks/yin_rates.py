@@ -1,0 +1,182 @@
+"""Yin et al.'s error rates, measured: ||w - w*|| against alpha and n on least squares.
+
+    python benchmarks/yin_rates.py [--seeds 3] [--m 20] [--dim 20] [--rounds 100] [--plot-only]
+
+The paper's bounds for coordinate-wise median GD (Theorem 1), trimmed-mean
+GD (Theorem 4) and the one-round median (Theorem 7, quadratic losses) are
+O(alpha / sqrt(n) + 1 / sqrt(n m)) (the median with an extra 1 / n), n the
+samples per worker, m the workers, alpha the fraction of Byzantine
+workers. Here: ``synthetic_regression`` with noise sigma = 1 (b = A w* +
+N(0, 1)), dimension d, m workers fixed; Byzantine workers send either a
+large constant shift (every coordinate 100: ``huge --byzantine.params.value
+100``) or ALIE with z = 3 (omniscient, colluding: mean - 3 std of the honest
+messages per coordinate). GD: full local gradients, step 0.5, ``--rounds``
+iterations from w = 0; trimmed mean with beta = 0.25 throughout (>= every
+alpha swept, as Theorem 4 asks); the one-round median of exact local
+least-squares solutions. The final distance to w* is averaged over the
+seeds (data, Byzantine ids).
+
+Two sweeps: alpha in 0 .. 0.25 at n = 200, and n in 25 .. 1600 at alpha = 0
+and 0.2 (the constant shift). Fits: the slope of log error against log n
+(the theory: -1/2), and of log(error - error at alpha = 0) against log
+alpha (the theory: 1). Saves benchmarks/results/yin_rates.json and
+yin_rates.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+
+import numpy as np
+
+from common import RESULTS, made_by, run_grid, save_json
+
+ALPHAS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
+SIZES = [25, 50, 100, 200, 400, 800, 1600]
+N_FOR_ALPHA, ALPHA_FOR_N = 200, 0.2
+BETA = 0.25
+FAULTS = {"shift": ["--byzantine.fault", "huge", "--byzantine.params.value", "100"],
+          "alie": ["--byzantine.fault", "alie", "--byzantine.params.z", "3.0"]}
+ALGORITHMS = ("median GD", "trimmed-mean GD", "one-round median")
+
+
+def job(args, algorithm: str, alpha: float, n: int, fault: str, seed: int) -> tuple[str, list[str]]:
+    count = round(alpha * args.m)
+    common = ["--data.name", "synthetic_regression", "--data.params.samples", str(n * args.m),
+              "--data.params.dim", str(args.dim), "--data.params.noise", "1.0",
+              "--data.params.test_samples", "100", "--model.name", "least_squares", "--model.init", "zero",
+              "--agents.n", str(args.m), "--agents.per_rank", str(-(-args.m // 2)), "--run.seed", str(seed),
+              *(["--byzantine.count", str(count), *FAULTS[fault]] if count else ["--byzantine.fault", "none"])]
+    f = str(max(count, 1 if algorithm != "trimmed-mean GD" else 0))
+    if algorithm == "one-round median":
+        return "mpisim.one_round", [*common, "--aggregator.name", "median", "--aggregator.f", f]
+    rule = (["--aggregator.name", "median", "--aggregator.f", f] if algorithm == "median GD" else
+            ["--aggregator.name", "trimmed_mean", "--aggregator.f", str(count), "--aggregator.params.beta",
+             str(BETA)])
+    return "mpisim.server_mode", [*common, *rule, "--data.batch_size", "0", "--optim.lr", "0.5",
+                                  "--run.rounds", str(args.rounds), "--run.eval_every", str(args.rounds)]
+
+
+def cells(args) -> dict[str, dict[str, list[str]]]:
+    """{module: {cell key: job arguments}} for both sweeps (shared cells are run once)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    wanted = set()
+    for alpha in ALPHAS:
+        for fault in FAULTS:
+            wanted.add((alpha if alpha else 0.0, N_FOR_ALPHA, fault if alpha else "none"))
+    for n in SIZES:
+        for alpha in (0.0, ALPHA_FOR_N):
+            wanted.add((alpha, n, "shift" if alpha else "none"))
+    for alpha, n, fault in sorted(wanted):
+        for algorithm in ALGORITHMS:
+            for seed in range(args.seeds):
+                module, argv = job(args, algorithm, alpha, n, fault if fault != "none" else "shift", seed)
+                out.setdefault(module, {})[key(algorithm, alpha, n, fault, seed)] = argv
+    return out
+
+
+def key(algorithm, alpha, n, fault, seed) -> str:
+    return f"{algorithm}|alpha {alpha:g}|n {n}|{fault}|seed {seed}"
+
+
+def keep(summary: dict, records: list[dict]) -> dict:
+    return {"final_test_accuracy": summary["final"]["distance_to_optimum"],  # run_grid prints this key
+            "distance_to_optimum": summary["final"]["distance_to_optimum"],
+            "loop_seconds": summary["loop_seconds"]}
+
+
+def mean_error(results, algorithm, alpha, n, fault, seeds) -> float:
+    values = [results[k]["distance_to_optimum"] for s in range(seeds)
+              if (k := key(algorithm, alpha, n, fault, s)) in results]
+    return statistics.mean(values) if values else math.nan
+
+
+def slope(x, y) -> float:
+    x, y = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
+    ok = np.isfinite(x) & np.isfinite(y)
+    return float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else math.nan
+
+
+def analyse(results: dict, seeds: int) -> dict:
+    by_n = {a: {alpha: [mean_error(results, a, alpha, n, "shift" if alpha else "none", seeds) for n in SIZES]
+                for alpha in (0.0, ALPHA_FOR_N)} for a in ALGORITHMS}
+    by_alpha = {a: {fault: [mean_error(results, a, alpha, N_FOR_ALPHA, fault if alpha else "none", seeds)
+                            for alpha in ALPHAS] for fault in FAULTS} for a in ALGORITHMS}
+    fits = {}
+    for a in ALGORITHMS:
+        fits[a] = {"slope_vs_n_alpha0": slope(SIZES, by_n[a][0.0]),
+                   f"slope_vs_n_alpha{ALPHA_FOR_N}": slope(SIZES, by_n[a][ALPHA_FOR_N])}
+        for fault in FAULTS:
+            errs = by_alpha[a][fault]
+            excess = [e - errs[0] for e in errs[1:]]
+            fits[a][f"slope_excess_vs_alpha_{fault}"] = slope(ALPHAS[1:], excess)
+    return {"by_n": by_n, "by_alpha": by_alpha, "fits": fits}
+
+
+def plot(analysis: dict, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = dict(zip(ALGORITHMS, ("tab:blue", "tab:orange", "tab:green")))
+    for a in ALGORITHMS:
+        for alpha, style in ((0.0, ":"), (ALPHA_FOR_N, "-")):
+            left.loglog(SIZES, analysis["by_n"][a][alpha], style, marker="o", color=colours[a],
+                        label=f"{a}, alpha = {alpha:g}")
+        for fault, style in (("shift", "-"), ("alie", "--")):
+            right.plot(ALPHAS, analysis["by_alpha"][a][fault], style, marker="o", color=colours[a],
+                       label=f"{a}, {fault}")
+    ref = analysis["by_n"]["median GD"][ALPHA_FOR_N][0]
+    left.loglog(SIZES, [ref * (SIZES[0] / n) ** 0.5 for n in SIZES], color="grey", lw=0.8,
+                label="slope -1/2")
+    left.set(xlabel="n (samples per worker)", ylabel="||w - w*||", title=f"error against n (m fixed)")
+    right.set(xlabel="alpha (fraction of Byzantine workers)", ylabel="||w - w*||",
+              title=f"error against alpha (n = {N_FOR_ALPHA})")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--m", type=int, default=20, help="workers (fixed)")
+    parser.add_argument("--dim", type=int, default=20, help="dimension d")
+    parser.add_argument("--rounds", type=int, default=100, help="GD iterations")
+    parser.add_argument("--plot-only", action="store_true", help="redraw from the saved results")
+    parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
+    parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
+    args = parser.parse_args()
+    settings = {"seeds": args.seeds, "m": args.m, "dim": args.dim, "rounds": args.rounds}
+    grids = cells(args)
+    if args.plot_only:
+        results = json.loads((RESULTS / "yin_rates.json").read_text())["cells"]
+    else:
+        if args.check:
+            from common import check_jobs
+            for module, grid in grids.items():
+                check_jobs(grid, nprocs=3, module=module)
+            print(f"{sum(len(g) for g in grids.values())} jobs checked: every configuration is valid on 3 ranks")
+            return
+        results = {}
+        for module, grid in grids.items():
+            results = run_grid("yin_rates.json", grid, nprocs=3, settings=settings, fresh=args.fresh and
+                               not results, module=module, keep=keep)
+    analysis = analyse(results, args.seeds)
+    plot(analysis, RESULTS / "yin_rates.png")
+    for a, fit in analysis["fits"].items():
+        print(f"  {a}: " + ", ".join(f"{k} {v:.2f}" for k, v in fit.items()))
+    save_json("yin_rates.json", {
+        "benchmark": __doc__.split("\n")[0], "command": "python benchmarks/yin_rates.py " + " ".join(
+            f"--{k} {v}" for k, v in settings.items()), "settings": settings, "made_on": made_by(results),
+        "cells": results, "analysis": analysis})
+    print(f"saved {RESULTS / 'yin_rates.json'} and {RESULTS / 'yin_rates.png'}")
+
+
+if __name__ == "__main__":
+    main()
