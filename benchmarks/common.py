@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,9 +130,11 @@ def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, setting
             if key in done and done[key].get("settings") == settings:
                 continue
             name = "".join(c if c.isalnum() else "-" for c in key)
+            started = time.perf_counter()
             summary = run_job(nprocs, args, out_dir=Path(tmp), name=name, module=module)
+            wall = time.perf_counter() - started  # the job's own wall time, launch included
             records = metrics.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
-            done[key] = {"settings": settings, "made_on": made_on,
+            done[key] = {"settings": settings, "made_on": made_on, "wall_seconds": wall,
                          **(keep or _keep_server)(summary, records)}
             acc = done[key]["final_test_accuracy"]
             print(f"  {key:<45} {'diverged' if acc is None else f'{100 * acc:.2f}%'}", flush=True)

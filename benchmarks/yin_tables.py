@@ -4,6 +4,7 @@
     python benchmarks/yin_tables.py table3 [--seeds 3] [--lr 0.1] [--rounds 500]
     python benchmarks/yin_tables.py table4 [--seeds 3] [--l2 1e-4]
     python benchmarks/yin_tables.py sweep2 [--seeds 3] [--rounds 300]   # Table 2's cells against the step size
+    python benchmarks/yin_tables.py sweep3 [--seeds 1] [--rounds 200]   # Table 3's cells against the step size
     python benchmarks/yin_tables.py sweep4 [--seeds 1]                  # Table 4's cells against erm.l2
 
 Yin et al., Section 7: MNIST's 60,000 training digits split at random into
@@ -20,7 +21,7 @@ paper's number. Choices the paper leaves open are the options above; the
 README states the ones used.
 
 Results go to benchmarks/results/yin_table{2,3,4}.json and
-yin_sweep{2,4}.json (resumable, one cell at a time; --check validates every
+yin_sweep{2,3,4}.json (resumable, one cell at a time; --check validates every
 job and stops).
 """
 
@@ -66,10 +67,10 @@ def table2_job(args, lr: float, rounds: int) -> list[str]:
             "--run.eval_every", str(max(1, rounds // 10))]
 
 
-def table3_job(args) -> list[str]:
+def table3_job(args, lr: float) -> list[str]:
     return ["--data.name", "mnist", "--data.root", str(MNIST_DIR), "--model.name", args.model,
             "--data.batch_fraction", "0.1", "--agents.n", "10", "--agents.per_rank",
-            str(-(-10 // (args.ranks - 1))), "--optim.lr", str(args.lr), "--run.rounds", str(args.rounds),
+            str(-(-10 // (args.ranks - 1))), "--optim.lr", str(lr), "--run.rounds", str(args.rounds),
             "--run.eval_every", str(max(1, args.rounds // 10))]
 
 
@@ -104,10 +105,20 @@ def spread(results: dict, key: str, seeds: int) -> tuple[str, list[float]]:
     return text, values
 
 
+# The options each command uses: a cell is run again when one of them changes.
+USES = {"table2": ("ranks", "lr", "rounds"), "table3": ("ranks", "lr", "rounds", "model"),
+        "table4": ("ranks", "l2", "tol", "max_iter"), "sweep2": ("ranks", "rounds"),
+        "sweep3": ("ranks", "rounds", "model"), "sweep4": ("ranks", "tol", "max_iter")}
+
+
+def _setup(args) -> dict:
+    return {k: getattr(args, k) for k in USES[args.command]}
+
+
 def run_table(args, name: str, settings: dict[str, list[str]], job: list[str], module: str) -> None:
     cells = {f"{label}|seed {s}": [*job, *extra, "--run.seed", str(s)]
              for s in range(args.seeds) for label, extra in settings.items()}
-    setup = {k: v for k, v in vars(args).items() if k not in ("command", "fresh", "check", "seeds")}
+    setup = _setup(args)
     results = run_grid(f"yin_{name}.json", cells, nprocs=args.ranks, settings=setup, fresh=args.fresh,
                        module=module, keep=keep, check_only=args.check)
     rows = []
@@ -130,7 +141,7 @@ def run_sweep(args, name: str, values: list, make_job, settings: dict[str, list[
               label: str) -> None:
     cells = {f"{label} {v}|{setting}|seed {s}": [*make_job(v), *extra, "--run.seed", str(s)]
              for v in values for setting, extra in settings.items() for s in range(args.seeds)}
-    setup = {k: v for k, v in vars(args).items() if k not in ("command", "fresh", "check", "seeds")}
+    setup = _setup(args)
     results = run_grid(f"yin_{name}.json", cells, nprocs=args.ranks, settings=setup, fresh=args.fresh,
                        module=module, keep=keep, check_only=args.check)
     rows = [[f"{label} = {v}", *[spread(results, f"{label} {v}|{setting}", args.seeds)[0] for setting in settings]]
@@ -145,12 +156,12 @@ def run_sweep(args, name: str, values: list, make_job, settings: dict[str, list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["table2", "table3", "table4", "sweep2", "sweep4"])
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (3; sweep4: 1)")
+    parser.add_argument("command", choices=["table2", "table3", "table4", "sweep2", "sweep3", "sweep4"])
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (3; sweep3, sweep4: 1)")
     parser.add_argument("--ranks", type=int, default=3, help="MPI ranks: 1 server + agent ranks (packed)")
     parser.add_argument("--lr", type=float, default=None, help="step size (table2: 0.04 = 1/L_F; table3: 0.1)")
     parser.add_argument("--rounds", type=int, default=None, help="iterations (table2: 1000; table3: 500; "
-                                                                   "sweep2: 300)")
+                                                                   "sweep2: 300; sweep3: 200)")
     parser.add_argument("--model", default="cnn", help="table3: the CNN (mpisim model name)")
     parser.add_argument("--l2", type=float, default=1e-4, help="table4: the local ERMs' l2 penalty")
     parser.add_argument("--tol", type=float, default=1e-5, help="table4: L-BFGS gradient-norm tolerance")
@@ -158,26 +169,25 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
     parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
     args = parser.parse_args()
-    args.seeds = args.seeds or (1 if args.command == "sweep4" else 3)
+    args.seeds = args.seeds or (1 if args.command in ("sweep3", "sweep4") else 3)
     if args.command == "table2":
         args.lr, args.rounds = args.lr or 0.04, args.rounds or 1000
         run_table(args, "table2", gd_settings(40, 2, 0.05), table2_job(args, args.lr, args.rounds),
                   "mpisim.server_mode")
     elif args.command == "table3":
         args.lr, args.rounds = args.lr or 0.1, args.rounds or 500
-        run_table(args, "table3", gd_settings(10, 1, 0.1), table3_job(args), "mpisim.server_mode")
+        run_table(args, "table3", gd_settings(10, 1, 0.1), table3_job(args, args.lr), "mpisim.server_mode")
     elif args.command == "table4":
-        for unused in ("lr", "rounds"):
-            delattr(args, unused)
         run_table(args, "table4", one_round_settings(), table4_job(args, args.l2), "mpisim.one_round")
     elif args.command == "sweep2":
         args.rounds = args.rounds or 300
-        delattr(args, "lr")
         run_sweep(args, "sweep2", [0.01, 0.04, 0.1, 0.3, 1.0], lambda lr: table2_job(args, lr, args.rounds),
                   gd_settings(40, 2, 0.05), "mpisim.server_mode", "lr")
+    elif args.command == "sweep3":
+        args.rounds = args.rounds or 200
+        run_sweep(args, "sweep3", [0.03, 0.1, 0.3, 1.0], lambda lr: table3_job(args, lr),
+                  gd_settings(10, 1, 0.1), "mpisim.server_mode", "lr")
     else:
-        for unused in ("lr", "rounds", "l2"):
-            delattr(args, unused)
         run_sweep(args, "sweep4", [0.0, 1e-5, 1e-4, 1e-3, 1e-2], lambda l2: table4_job(args, l2),
                   one_round_settings(), "mpisim.one_round", "l2")
 

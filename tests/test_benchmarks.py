@@ -30,7 +30,7 @@ needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST not found at
 @needs_mnist
 @pytest.mark.parametrize("command", [["cge_table.py"], ["attack_table.py"], ["averaging_table.py"],
                                      ["bridge_tables.py", "table1"], ["bridge_tables.py", "table2"],
-                                     *[["yin_tables.py", t] for t in ("table2", "table3", "table4", "sweep2",
+                                     *[["yin_tables.py", t] for t in ("table2", "table3", "table4", "sweep2", "sweep3",
                                                                      "sweep4")], ["yin_rates.py"]],
                          ids=" ".join)
 def test_every_job_of_a_reproduction_is_a_valid_configuration(command):
