@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -136,10 +137,18 @@ def run_grid(out_name: str, cells: dict[str, list[str]], *, nprocs: int, setting
             records = metrics.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl")
             done[key] = {"settings": settings, "made_on": made_on, "wall_seconds": wall,
                          **(keep or _keep_server)(summary, records)}
-            acc = done[key]["final_test_accuracy"]
-            print(f"  {key:<45} {'diverged' if acc is None else f'{100 * acc:.2f}%'}", flush=True)
+            print(f"  {key:<45} {_headline(done[key], summary)}", flush=True)
             save_json(out_name, {"cells": done, "made_on": made_by(done)})
     return done
+
+
+def _headline(cell: dict, summary: dict) -> str:
+    """The final test accuracy of a job, or its distance to the optimum for regression."""
+    acc = cell.get("final_test_accuracy", summary["final"].get("test_accuracy"))
+    if acc is not None:
+        return f"{100 * acc:.2f}%"
+    distance = summary["final"].get("distance_to_optimum")
+    return "diverged" if distance is None or not math.isfinite(distance) else f"||w - w*|| = {distance:.4g}"
 
 
 def made_by(results: dict) -> list[dict]:

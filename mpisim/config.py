@@ -156,6 +156,24 @@ class ByzantineConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    """[compression]: what the agents' uplink carries (Ghosh et al.; mpisim.compression)."""
+
+    codec: str = _opt("none", "compressor Q of every agent's message: none (float32, as without "
+                              "compression), sign, scaled_sign, topk, qsgd (see the README)")
+    params: Mapping[str, Any] = _opt({}, "the codec's own parameters, e.g. --compression.params.k 100 "
+                                         "(topk; or ratio), --compression.params.s 4 (qsgd)")
+    side_norm: int = _opt(0, "q = 1 or 2: every agent sends ||g||_q beside Q(g) (4 bytes) and "
+                             "norm_threshold sorts on these sent norms (Algorithm 1); 0: no side "
+                             "norm, norm_threshold sorts on the decoded vectors' norms (Algorithm 2)")
+    error_feedback: bool = _opt(False, "Algorithm 3: agent i sends Q(p_i), p_i = eta_t g_i + e_i, keeps "
+                                       "e_i <- p_i - Q(p_i); the server steps by the rule's output "
+                                       "without a further step size")
+    faulty_norm: float = _opt(1.0, "faulty agents multiply the norm they send (the side norm, or the "
+                                   "codec's own norm field: scaled_sign, qsgd) by this; 1: truthful")
+
+
+@dataclass(frozen=True)
 class RunSections:
     """The sections every protocol has; a mode's config adds its own (and may change defaults)."""
 
@@ -172,6 +190,7 @@ class ServerModeConfig(RunSections):
     optim: OptimConfig = field(default_factory=OptimConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
 
 @dataclass(frozen=True)
@@ -683,6 +702,68 @@ def _validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequ
 def validate_server_mode(cfg: ServerModeConfig, world_size: int | None) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (None: skip the rank count)."""
     _validate_server_and_agents(cfg, world_size)
+    _validate_compression(cfg)
+
+
+def _model_size(cfg) -> int:
+    """d, the model's number of parameters (builds the model on one test sample's shape)."""
+    from . import datasets
+    from .learning import models
+
+    data = datasets.load(cfg.data.name, cfg.data.root, "test", params=dict(cfg.data.params),
+                         seed=cfg.run.seed)
+    kind = models.MODELS[cfg.model.name].kind
+    return models.build(cfg.model.name, input_shape=data.input_shape, seed=0,
+                        num_classes=data.num_classes if kind == "classification" else None,
+                        params=dict(cfg.model.params)).d
+
+
+def _validate_compression(cfg: ServerModeConfig) -> None:
+    """[compression] against the codec registry, the rule and the faults (Ghosh et al.)."""
+    from . import compression
+
+    c, agg = cfg.compression, cfg.aggregator
+    require(c.codec in compression.REGISTRY, "compression.codec",
+            f"unknown codec {c.codec!r}; known: {', '.join(compression.REGISTRY)}")
+    require(c.side_norm in (0, 1, 2), "compression.side_norm",
+            f"must be 0 (no side norm), 1 or 2 (q of the norm sent), got {c.side_norm}")
+    require(math.isfinite(c.faulty_norm) and c.faulty_norm >= 0, "compression.faulty_norm",
+            f"must be a finite number >= 0, got {c.faulty_norm}")
+    if c.codec != "none" or c.params:
+        message = compression.check(c.codec, _model_size(cfg), dict(c.params))
+        if message:
+            named = [k for k in c.params if k in message]
+            raise ConfigError(f"compression.params.{named[0]}" if named else "compression.params", message)
+    codec = compression.REGISTRY[c.codec](**dict(c.params))
+    vote = agg.name == "majority_vote"
+    if c.side_norm:
+        require(agg.name == "norm_threshold", "compression.side_norm",
+                f"only aggregator norm_threshold sorts on the sent norms (Ghosh et al., Algorithm 1); "
+                f"{agg.name} would receive them and ignore them: use --compression.side_norm 0")
+        require(not agg.pre, "compression.side_norm",
+                f"the pre-aggregation steps {list(agg.pre)} mix the rows, after which the sent norms "
+                f"no longer belong to them")
+        require(agg.averaging == 0, "compression.side_norm",
+                "gradient averaging replaces the rows by running averages, whose norms were not sent")
+    if agg.name == "norm_threshold" and not c.side_norm:
+        require(codec.embeds_norm, "compression.codec",
+                f"{c.codec} carries no norm: every decoded vector has the same norm (sqrt(d) for sign), "
+                f"so norm_threshold on the decoded vectors (Ghosh et al., Algorithm 2) cannot tell "
+                f"faulty agents apart; send the norm beside it with --compression.side_norm 2 "
+                f"(Algorithm 1) or use a codec that embeds it (scaled_sign, qsgd, topk)")
+    if vote:
+        require(not c.error_feedback, "compression.error_feedback",
+                "signSGD with majority vote (aggregator majority_vote) steps by eta_t times the vote, "
+                "error feedback by the agents' eta_t-scaled messages: choose one")
+    require(not (c.error_feedback and agg.averaging), "compression.error_feedback",
+            "error feedback and gradient averaging (aggregator.averaging) are two memories of the same "
+            "messages; choose one")
+    if c.faulty_norm != 1.0:
+        require(c.side_norm or codec.norm_field, "compression.faulty_norm",
+                f"the payload of {c.codec} has no norm field to forge (scaled_sign and qsgd have one, "
+                f"and --compression.side_norm adds one)")
+        require(cfg.byzantine.fault != "none" and cfg.byzantine.count > 0, "compression.faulty_norm",
+                "there are no faulty agents to send a forged norm (byzantine.fault or byzantine.count)")
 
 
 def validate_one_round(cfg: OneRoundConfig, world_size: int | None) -> None:

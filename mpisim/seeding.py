@@ -20,6 +20,7 @@ MODEL_INIT = 4     # the initial model
 SERVER = 5         # server-side randomness (e.g. bucketing)
 GRAPH = 6          # decentralized mode: the communication graph
 DATA = 7           # generated data sets (synthetic regression)
+COMPRESS = 8       # an agent's stochastic compressor (QSGD's rounding)
 
 
 def numpy_generator(seed: int, *key: int) -> np.random.Generator:

@@ -373,6 +373,13 @@ def test_f_bad_rows_keep_output_finite_and_bounded(name, value):
         clip = diff * torch.clamp(10.0 / diff.norm(dim=1, keepdim=True), max=1.0)
         expected = v0 + clip.sum(dim=0) / n
         assert (out - expected).norm() <= 10.0 * f / n + 1e-4
+    elif name == "majority_vote":
+        # A vote, not an estimate: +-1 everywhere, the honest majority's sign wherever it
+        # leads by more than the f bad votes.
+        assert bool((out.abs() == 1).all())
+        lead = (honest >= 0).sum(dim=0) - (honest < 0).sum(dim=0)
+        clear = lead.abs() > f
+        assert torch.equal(out[clear], torch.sign(lead[clear]).float())
     elif name in ("geomed", "mom"):
         # Geometric-median-type bound: within C * (honest radius) of the honest mean.
         centre = honest.mean(dim=0)

@@ -11,7 +11,8 @@ SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py
 
 
 def test_there_are_benchmark_scripts():
-    assert {"bench_round.py", "bench_aggregators.py", "cge_table.py", "bridge_tables.py"} <= set(SCRIPTS)
+    assert {"bench_round.py", "bench_aggregators.py", "cge_table.py", "bridge_tables.py", "bench_codecs.py",
+            "ghosh_figures.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -31,7 +32,8 @@ needs_mnist = pytest.mark.skipif(not MNIST.is_dir(), reason=f"MNIST not found at
 @pytest.mark.parametrize("command", [["cge_table.py"], ["attack_table.py"], ["averaging_table.py"],
                                      ["bridge_tables.py", "table1"], ["bridge_tables.py", "table2"],
                                      *[["yin_tables.py", t] for t in ("table2", "table3", "table4", "sweep2", "sweep3",
-                                                                     "sweep4")], ["yin_rates.py"]],
+                                                                     "sweep4")], ["yin_rates.py"],
+                                     *[["ghosh_figures.py", c] for c in ("regression", "mnist", "lenet")]],
                          ids=" ".join)
 def test_every_job_of_a_reproduction_is_a_valid_configuration(command):
     result = subprocess.run([sys.executable, str(BENCHMARKS / command[0]), *command[1:], "--check"],

@@ -89,6 +89,24 @@ def test_valid_default_passes_on_eleven_ranks():
     (["--data.batch_size", "-1"], 11, "data.batch_size", ">= 0"),
     (["--run.rounds", "0"], 11, "run.rounds", ">= 1"),
     (["--aggregator.averaging", "1.0"], 11, "aggregator.averaging", "[0, 1)"),
+    # [compression] (LeNet: d = 431,080)
+    (["--compression.codec", "zip"], 11, "compression.codec", "unknown codec"),
+    (["--compression.codec", "topk", "--compression.params.k", "431081"], 11, "compression.params.k", "431080"),
+    (["--compression.codec", "qsgd", "--compression.params.s", "0"], 11, "compression.params.s", "s"),
+    (["--compression.codec", "qsgd", "--compression.params.levels", "2"], 11, "compression.params.levels",
+     "levels"),
+    (["--compression.side_norm", "3", "--aggregator.name", "norm_threshold"], 11, "compression.side_norm",
+     "1 or 2"),
+    (["--compression.side_norm", "2"], 11, "compression.side_norm", "only aggregator norm_threshold"),
+    (["--compression.side_norm", "1", "--aggregator.name", "norm_threshold", "--aggregator.pre", "nnm"], 11,
+     "compression.side_norm", "mix the rows"),
+    (["--compression.codec", "sign", "--aggregator.name", "norm_threshold"], 11, "compression.codec",
+     "carries no norm"),
+    (["--compression.error_feedback", "true", "--aggregator.name", "majority_vote"], 11,
+     "compression.error_feedback", "choose one"),
+    (["--compression.codec", "sign", "--compression.faulty_norm", "0"], 11, "compression.faulty_norm",
+     "no norm field"),
+    (["--compression.codec", "qsgd", "--compression.faulty_norm", "-1"], 11, "compression.faulty_norm", ">= 0"),
 ])
 def test_validation_names_field_and_constraint(argv, world, field, words):
     with pytest.raises(ConfigError) as info:

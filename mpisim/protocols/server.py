@@ -18,22 +18,33 @@ each (the last one possibly fewer). One round, t = 1, 2, ...:
    filter, and steps: w <- Pi_W(w - eta_t * filtered), with Pi_W the
    projection onto the ball of radius ``optim.project_radius`` (Yin et al.,
    Algorithm 1; none by default).
+
+With ``[compression]`` (Ghosh et al.; :mod:`mpisim.protocols.uplink`) the
+agents' rows are encoded before step 4 and gathered as uint8 payloads of
+the codec's size, and the server decodes them before step 5; under error
+feedback the agents have applied eta_t already, so the server steps by the
+filtered vector itself. With the rule ``majority_vote`` (signSGD) the
+downlink is the vote: instead of step 1, the server broadcasts
+sign(sum of signs) packed one bit a coordinate after its step, and every
+agent rank applies the same step w <- Pi_W(w - eta_t vote) to its replica
+of the model, which therefore stays equal to the server's bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .. import seeding
+from .. import compression, seeding
 from ..config import ServerModeConfig, validate_server_mode
 from ..learning import projection, schedules
 from ..mpi import comm as mpi
 from ..placement import Placement
 from ..rules import aggregators, attacks
-from . import driver
+from . import driver, uplink
 from .state import Agent, Server, generator_states, load_generator_states
 
 SERVER = 0
@@ -67,7 +78,8 @@ class ServerMode(driver.Protocol):
     @classmethod
     def run_name(cls, cfg: ServerModeConfig, plan: ServerPlan) -> list[str]:
         fault = cfg.byzantine.fault if plan.byzantine else "nofault"
-        return ["server", cfg.aggregator.name, f"f{cfg.aggregator.f}", fault, f"s{cfg.run.seed}"]
+        codec = [uplink.build_codec(cfg).name] if uplink.active(cfg) else []
+        return ["server", cfg.aggregator.name, f"f{cfg.aggregator.f}", fault, *codec, f"s{cfg.run.seed}"]
 
     @classmethod
     def create(cls, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan) -> driver.Role:
@@ -83,7 +95,8 @@ class ServerMode(driver.Protocol):
         byz = s["byzantine_ids"]
         return (f"mpisim server mode: {s['rounds']} rounds of {s['n']} agents on {s['world_size'] - 1} "
                 f"agent ranks, filter {s['aggregator']} (f={s['f']}), fault {s['fault']}"
-                + (f" on agents {byz}" if byz else ""))
+                + (f" on agents {byz}" if byz else "")
+                + (f", uplink {s['codec']} ({s['payload_bytes']:,} bytes an agent)" if "codec" in s else ""))
 
 
 def describe_final(final: dict, test_samples: int) -> str:
@@ -126,6 +139,15 @@ class ServerRole(driver.Role):
                                       pre_params={k: dict(v) for k, v in agg.pre_params.items()})
         self.step_size = self.step_sizes(cfg)
         self.counts = plan.placement.counts()
+        self.uplink = uplink.ServerUplink(cfg, n, model.d) if uplink.active(cfg) else None
+        if self.uplink is not None:
+            self.nothing = np.empty((0, self.uplink.received.shape[1]), dtype=np.uint8)
+            if self.uplink.side_norm:  # Algorithm 1: threshold on the norms the agents sent
+                beta = agg.params.get("beta")
+                self.rule = lambda x, rng: aggregators.threshold_on_norms(x, self.uplink.norms, f=agg.f,
+                                                                          beta=beta)
+        self.feedback = self.uplink is not None and cfg.compression.error_feedback
+        self.vote = self.broadcasts and agg.name == "majority_vote"
 
     @staticmethod
     def step_sizes(cfg):
@@ -135,21 +157,31 @@ class ServerRole(driver.Role):
 
     def step(self, t: int) -> None:
         w, timer, traffic = self.state.model, self.timer, self.traffic
-        if self.broadcasts:
+        if self.broadcasts and not self.vote:
             with timer("bcast"):
                 mpi.bcast(self.world, w.numpy(), root=SERVER, traffic=traffic)
         with timer("gather"):
-            mpi.gatherv_rows(self.world, self.nothing, self.received, rows_per_rank=self.counts,
-                             root=SERVER, traffic=traffic)
+            mpi.gatherv_rows(self.world, self.nothing, self.received if self.uplink is None else
+                             self.uplink.received, rows_per_rank=self.counts, root=SERVER, traffic=traffic)
+        if self.uplink is not None:
+            with timer("decode"):
+                self.uplink.decode(self.gradients)
         with timer("filter"):
             filtered = self.state.filter(self.gradients, self.rule)
         with timer("step"):
             self.update(filtered, t)
+        if self.vote:
+            with timer("bcast"):
+                mpi.bcast(self.world, compression.pack_signs(filtered[None])[0], root=SERVER,
+                          traffic=traffic)
 
     def update(self, filtered: torch.Tensor, t: int) -> None:
-        """w <- Pi_W(w - eta_t * filtered): the step, then the projection onto W (if any)."""
-        self.state.model.sub_(filtered, alpha=self.step_size(t - 1))
-        projection.project_ball_(self.state.model, self.cfg.optim.project_radius)
+        """w <- Pi_W(w - eta_t * filtered): the step, then the projection onto W (if any).
+
+        Under error feedback the agents' messages already carry eta_t
+        (Algorithm 3: w <- w - (1/m) sum of Q(p_i)), so the step is 1."""
+        take_step(self.state.model, filtered, 1.0 if self.feedback else self.step_size(t - 1),
+                  self.cfg.optim.project_radius)
 
     def evaluate(self) -> dict:
         with self.timer("eval"):
@@ -164,7 +196,9 @@ class ServerRole(driver.Role):
                 "agents_per_rank": plan.placement.per_rank, "byzantine_ids": list(plan.byzantine),
                 "aggregator": cfg.aggregator.name, "f": cfg.aggregator.f,
                 "fault": cfg.byzantine.fault if plan.byzantine else "none",
-                "test_samples": len(self.problem.y_test), "server_phases": self.timer.totals}
+                "test_samples": len(self.problem.y_test), "server_phases": self.timer.totals,
+                **({} if self.uplink is None else {"codec": self.uplink.codec.name,
+                                                   "payload_bytes": self.uplink.received.shape[1]})}
 
     def describe(self, s: dict) -> list[str]:
         lines = [describe_final(s["final"], s["test_samples"])]
@@ -189,6 +223,12 @@ class ServerRole(driver.Role):
 
     def load_state_dict(self, state: dict) -> None:
         self.state.load_state_dict(state["server"])
+
+
+def take_step(w: torch.Tensor, direction: torch.Tensor, step: float, radius: float) -> None:
+    """w <- Pi_W(w - step * direction), in place (the server's step, and the vote replicas' step)."""
+    w.sub_(direction, alpha=step)
+    projection.project_ball_(w, radius)
 
 
 # ---------------------------------------------------------------- agents
@@ -277,6 +317,13 @@ class AgentHost(driver.Role):
         self.coalition = Coalition(agents_comm, cfg, plan, self.attack, rank) if omniscient else None
         # Rows of the send buffer of this rank's faulty agents, for faults run here.
         self.local_faulty = [j for j, i in enumerate(self.ids) if i in plan.byzantine]
+        compressed = uplink.active(cfg)
+        self.vote = self.broadcasts and cfg.aggregator.name == "majority_vote"
+        # eta_t: for error feedback's p = eta_t g + e, and for the vote replicas' step
+        self.step_size = ServerRole.step_sizes(cfg) if compressed or self.vote else None
+        self.uplink = (uplink.AgentUplink(cfg, list(self.agents.values()), self.model.d,
+                                          step_size=self.step_size) if compressed else None)
+        self.ballot = np.empty(-(-self.model.d // 8), dtype=np.uint8) if self.vote else None
 
     def _batches(self, whole: bool = False) -> list:
         """Every hosted agent's batch (its whole shard if ``whole``), labels corrupted for
@@ -307,16 +354,25 @@ class AgentHost(driver.Role):
 
     def step(self, t: int) -> None:
         timer, traffic = self.timer, self.traffic
-        if self.broadcasts:
+        if self.broadcasts and not self.vote:
             with timer("bcast"):
                 mpi.bcast(self.world, self.model.flat.numpy(), root=SERVER, traffic=traffic)
         with timer("compute"):
             self.compute()
         with timer("attack"):
             self._corrupt()
+        send = self.send
+        if self.uplink is not None:
+            with timer("encode"):
+                send = self.uplink.encode(self.send_rows, t)
         with timer("gather"):
-            mpi.gatherv_rows(self.world, self.send, None, rows_per_rank=self.counts, root=SERVER,
-                             traffic=traffic)
+            mpi.gatherv_rows(self.world, send, None, rows_per_rank=self.counts, root=SERVER, traffic=traffic)
+        if self.vote:
+            with timer("bcast"):
+                mpi.bcast(self.world, self.ballot, root=SERVER, traffic=traffic)
+            with timer("step"):
+                vote = compression.unpack_signs(self.ballot[None], self.model.d)[0]
+                take_step(self.model.flat, vote, self.step_size(t - 1), self.cfg.optim.project_radius)
 
     def train_loss(self) -> tuple[float, int]:
         windows = [agent.losses.take() for agent in self.agents.values()]
@@ -329,12 +385,22 @@ class AgentHost(driver.Role):
     def final_arrays(self) -> dict:
         return {}
 
+    def report(self) -> dict:
+        # Under the vote downlink every agent rank steps its own replica of the model:
+        # its fingerprint shows that the replicas stayed equal to the server's model.
+        if not self.vote:
+            return {}
+        return {"replica_sha256": hashlib.sha256(self.model.flat.numpy().tobytes()).hexdigest()}
+
     def state_dict(self) -> dict:
         return {"agents": {i: a.state_dict() for i, a in self.agents.items()},
-                "coalition": None if self.coalition is None else self.coalition.state_dict()}
+                "coalition": None if self.coalition is None else self.coalition.state_dict(),
+                "replica": self.model.flat.clone() if self.vote else None}
 
     def load_state_dict(self, state: dict) -> None:
         for i, agent in self.agents.items():
             agent.load_state_dict(state["agents"][i])
         if self.coalition is not None:
             self.coalition.load_state_dict(state["coalition"])
+        if self.vote:
+            self.model.flat.copy_(state["replica"])

@@ -105,10 +105,25 @@ class Agent(Learner):
 
     Its ``fault_rng`` feeds the faults that run on the agent's own rank
     (message faults that see only its gradient, and data faults); colluding
-    faults draw from the coalition's generators instead.
+    faults draw from the coalition's generators instead. ``codec_rng`` feeds
+    a stochastic compressor (QSGD's rounding); its error-feedback memory is
+    ``memory["error"]``.
     """
 
     kind = "agent"
+
+    def __init__(self, agent_id: int, sampler: Sampler, *, fault_rng: torch.Generator | None = None):
+        super().__init__(agent_id, sampler, fault_rng=fault_rng)
+        self.codec_rng: torch.Generator | None = None
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(),
+                "codec_rng": None if self.codec_rng is None else self.codec_rng.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.codec_rng is not None:
+            self.codec_rng.set_state(state["codec_rng"])
 
 
 class Node(Learner):

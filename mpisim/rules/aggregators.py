@@ -81,6 +81,8 @@ __all__ = [
     "krum",
     "bulyan",
     "norm_threshold",
+    "threshold_on_norms",
+    "majority_vote",
     "cc",
     # pre-aggregation
     "nnm",
@@ -1029,13 +1031,52 @@ def norm_threshold(x: Tensor, *, f: int, beta: float | None = None) -> Tensor:
     are dropped and robustness is the caller's choice. NaN/inf rows have
     norm +inf and go first.
     """
+    norms = _row_norms(x)
+    return _average_smallest(x, norms, torch.isfinite(norms), f=f, beta=beta)
+
+
+def threshold_on_norms(x: Tensor, norms: Tensor, *, f: int, beta: float | None = None) -> Tensor:
+    """:func:`norm_threshold` with the norms given: average the rows of the (1 - beta) n smallest.
+
+    x: (n, d), norms: (n,) -> (d,). Ghosh et al.'s Algorithm 1 sorts the
+    norms the agents *sent* beside their compressed vectors (which a faulty
+    agent may forge), not the norms of the rows received; Algorithm 2 and
+    ``norm_threshold`` sort the rows' own norms. Same count and rounding as
+    :func:`norm_threshold`; ties keep the lower index; NaN norms count as +inf.
+    """
+    norms = norms.to(torch.float64).masked_fill(torch.isnan(norms), math.inf)
+    return _average_smallest(x, norms, torch.isfinite(x).all(dim=1), f=f, beta=beta)
+
+
+def _average_smallest(x: Tensor, norms: Tensor, ok: Tensor, *, f: int, beta: float | None) -> Tensor:
     n = x.shape[0]
     drop = f if beta is None else _count_of_fraction(beta, n, "ceil")
-    norms = _row_norms(x)
     kept = torch.sort(norms, stable=True).indices[: n - drop]
     w = torch.zeros(n, dtype=torch.float64)
     w[kept] = 1.0 / (n - drop)
-    return _combine(x, w, torch.isfinite(norms))
+    return _combine(x, w, ok)
+
+
+# --------------------------------------------------------------------------
+# signSGD with majority vote (Bernstein et al. 2019)
+# --------------------------------------------------------------------------
+
+@register("majority_vote", check=_needs_honest_majority("majority_vote"))
+def majority_vote(x: Tensor, *, f: int) -> Tensor:
+    """signSGD's majority vote: the sign of each column's sum of signs, ties to +1.
+
+    x: (n, d) -> (d,) of +1.0 / -1.0. Row i votes -1 on coordinate j where
+    x_ij < 0 and +1 elsewhere (0, -0.0 and NaN vote +1, as the ``sign``
+    codec encodes them, so rows of decoded signs vote as they are); the
+    output is -1 where more than half the votes are -1. A tie (possible for
+    even n) goes to +1 because the downlink carries one bit a coordinate and
+    has no 0 (Bernstein et al. 2019 leave ties open). The vote uses no f:
+    its robustness is that of a majority, so f is only checked against it
+    (n > 2f). In server mode this rule turns the downlink into the vote
+    itself (``ceil(d / 8)`` bytes) and the agents step their replicas.
+    """
+    negative = (x < 0).sum(dim=0, dtype=torch.int64)
+    return torch.where(2 * negative > x.shape[0], -1.0, 1.0).to(x.dtype)
 
 
 @register("cc", check=_needs_honest_majority("cc"),
