@@ -1,7 +1,7 @@
 """Ghosh et al., Section 7: compressed gradient descent with norm thresholding, Figures 1-4.
 
-    python benchmarks/ghosh_figures.py regression [--seeds 5] [--rounds 300] [--lr 0.5]  # Figures 1-3
-    python benchmarks/ghosh_figures.py mnist [--seeds 1] [--rounds 300] [--lr 0.1]       # Figure 4 (a)-(c)
+    python benchmarks/ghosh_figures.py regression [--seeds 5] [--rounds 300] [--lr 0.5] [--vote-lr 0.01]
+    python benchmarks/ghosh_figures.py mnist [--seeds 1] [--rounds 200] [--lr 0.5] [--batch 32]  # Figure 4
     python benchmarks/ghosh_figures.py lenet [--rounds 300]     # LeNet accuracy against uplink bytes
     python benchmarks/ghosh_figures.py bytes                    # bytes a round per agent, every codec
 
@@ -57,12 +57,14 @@ FIGURES = {"figure1": ("thresholding", "vanilla"), "figure2": ("thresholding", "
 BYZANTINE = {5: 7, 10: 12, 20: 22}  # alpha m -> beta m (Section 7)
 
 
-def method_args(method: str, byzantine: int, dropped: int, m: int) -> list[str]:
+def method_args(method: str, byzantine: int, dropped: int, m: int, vote_lr: float) -> list[str]:
+    """The options of ``method`` (after the job's, which they override) with alpha m = ``byzantine``
+    faulty agents and beta m = ``dropped`` dropped by the threshold."""
     args = list(METHODS[method])
     if "norm_threshold" in args:
         args += ["--aggregator.f", str(byzantine), "--aggregator.params.beta", repr(dropped / m)]
-    elif "majority_vote" in args:
-        args += ["--aggregator.f", str(byzantine)]
+    elif "majority_vote" in args:  # signSGD steps +-eta a coordinate: a step size of its own
+        args += ["--aggregator.f", str(byzantine), "--optim.lr", str(vote_lr)]
     return args
 
 
@@ -144,13 +146,14 @@ def regression(args) -> None:
     for byz, dropped in BYZANTINE.items():
         for method in METHODS:
             for s in range(args.seeds):
-                cells[f"{method}|{byz}|seed {s}"] = [*job, *method_args(method, byz, dropped, 200),
+                cells[f"{method}|{byz}|seed {s}"] = [*job, *method_args(method, byz, dropped, 200, args.vote_lr),
                                                      "--byzantine.fault", "gaussian", "--byzantine.count",
                                                      str(byz), "--run.seed", str(s)]
     for s in range(args.seeds):  # the reference: uncompressed GD without faults
         cells[f"GD, no fault|0|seed {s}"] = [*job, "--aggregator.name", "mean", "--aggregator.f", "0",
                                               "--byzantine.fault", "none", "--run.seed", str(s)]
-    settings = {"seeds": args.seeds, "rounds": args.rounds, "lr": args.lr, "ranks": args.ranks}
+    settings = {"rounds": args.rounds, "lr": args.lr, "vote_lr": args.vote_lr,
+                "ranks": args.ranks}
     results = run_grid("ghosh_regression.json", cells, nprocs=args.ranks, settings=settings, fresh=args.fresh,
                        keep=keep, check_only=args.check)
     reference = band(results, "GD, no fault|0", args.seeds, "distance_to_optimum")
@@ -170,7 +173,7 @@ def regression(args) -> None:
     save_json("ghosh_regression.json", {
         "benchmark": "Ghosh et al. Figures 1-3", "settings": settings, "made_on": made_by(results),
         "command": f"python benchmarks/ghosh_figures.py regression --seeds {args.seeds} --rounds {args.rounds} "
-                   f"--lr {args.lr}", "cells": results, "table": table})
+                   f"--lr {args.lr} --vote-lr {args.vote_lr}", "cells": results, "table": table})
 
 
 MNIST_COUNTS = (10, 20)  # Byzantine workers of 200 (5 % and 10 %); the paper does not say
@@ -187,9 +190,9 @@ def mnist(args) -> None:
             for method in methods:
                 for s in range(args.seeds):
                     cells[f"{method}|{fault}|{byz}|seed {s}"] = [
-                        *job, *method_args(method, byz, byz + 2, 200), "--byzantine.fault", fault,
+                        *job, *method_args(method, byz, byz + 2, 200, args.vote_lr), "--byzantine.fault", fault,
                         "--byzantine.count", str(byz), "--run.seed", str(s)]
-    settings = {"seeds": args.seeds, "rounds": args.rounds, "lr": args.lr, "batch": args.batch,
+    settings = {"rounds": args.rounds, "lr": args.lr, "batch": args.batch,
                 "ranks": args.ranks}
     results = run_grid("ghosh_mnist.json", cells, nprocs=args.ranks, settings=settings, fresh=args.fresh,
                        keep=keep, check_only=args.check)
@@ -217,7 +220,7 @@ LENET_CODECS = {
     "none": ["--compression.codec", "none", "--compression.side_norm", "2"],
     "scaled_sign": ["--compression.codec", "scaled_sign"],
     "topk (1 %)": ["--compression.codec", "topk", "--compression.params.ratio", "0.01"],
-    "qsgd (s = 4)": ["--compression.codec", "qsgd", "--compression.params.s", "4"],
+    "qsgd (s = 15)": ["--compression.codec", "qsgd", "--compression.params.s", "15"],
 }
 
 
@@ -228,7 +231,7 @@ def lenet(args) -> None:
         "--run.eval_every", str(max(1, args.rounds // 20)), "--aggregator.name", "norm_threshold",
         "--aggregator.f", "1", "--byzantine.fault", "gaussian", "--byzantine.count", "1", *extra,
         "--run.seed", str(s)] for label, extra in LENET_CODECS.items() for s in range(args.seeds)}
-    settings = {"seeds": args.seeds, "rounds": args.rounds, "lr": args.lr}
+    settings = {"rounds": args.rounds, "lr": args.lr}
     results = run_grid("ghosh_lenet.json", cells, nprocs=3, settings=settings, fresh=args.fresh, keep=keep,
                        check_only=args.check)
     import matplotlib
@@ -288,8 +291,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["regression", "mnist", "lenet", "bytes"])
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (regression 5, mnist 1, lenet 1)")
-    parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=None, help="step size (regression 0.5, mnist 0.1, lenet 0.1)")
+    parser.add_argument("--rounds", type=int, default=None, help="iterations (regression, lenet 300; mnist 200)")
+    parser.add_argument("--lr", type=float, default=None, help="step size (regression 0.5, mnist 0.5, lenet 0.1)")
+    parser.add_argument("--vote-lr", type=float, default=0.01, help="regression: signSGD-MV's step size")
     parser.add_argument("--batch", type=int, default=32, help="mnist: samples per worker and iteration")
     parser.add_argument("--ranks", type=int, default=3, help="MPI ranks: 1 server + agent ranks (packed)")
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
@@ -299,7 +303,8 @@ def main() -> None:
         byte_table()
         return
     args.seeds = args.seeds or (5 if args.command == "regression" else 1)
-    args.lr = args.lr or (0.5 if args.command == "regression" else 0.1)
+    args.lr = args.lr or (0.1 if args.command == "lenet" else 0.5)
+    args.rounds = args.rounds or (200 if args.command == "mnist" else 300)
     {"regression": regression, "mnist": mnist, "lenet": lenet}[args.command](args)
 
 

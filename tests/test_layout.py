@@ -21,7 +21,7 @@ PURE = sorted(
     for path in PACKAGE.rglob("*.py")
     if MPI_LAYER not in path.parents and "protocols" not in path.parts
     and path.name not in ("server_mode.py", "decentralized.py", "one_round.py", "__main__.py")
-) + ["mpisim.protocols.state"]
+) + ["mpisim.protocols.state", "mpisim.protocols.uplink"]
 
 # mpi4py methods that communicate or change communicators.
 COMMUNICATING = {
