@@ -19,7 +19,11 @@ initialization, several independent trials (seeds: graph, data, Byzantine
 node, initialization).
 
 Results go to benchmarks/results/bridge_table1.json / bridge_table2.json
-(resumable, one cell at a time); the tables are printed in Markdown.
+(resumable, one cell at a time); the tables are printed in Markdown and the
+honest nodes' mean test accuracy against the iteration is drawn in
+bridge_table1.png / bridge_table2.png (Table 2: the mean over the trials and
+a min-max band). ``--plot-only`` draws a figure from the saved JSON without
+running any job.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import MNIST_DIR, made_by, markdown_table, run_grid, save_json
+from common import MNIST_DIR, RESULTS, curve_series, load_results, made_by, markdown_table, run_grid, save_json
+from common import add_cluster_options
 
 DECENTRALIZED = "mpisim.decentralized"
 
@@ -97,6 +102,48 @@ def table1(args) -> None:
         "command": f"python benchmarks/bridge_tables.py table1 --iterations {args.iterations} "
                    f"--ranks {args.ranks}",
         "made_on": made_by(results), "cells": results, "table": table})
+    plot_table1()
+
+
+def plot_table1() -> None:
+    """The Table 1 cells' curves: every row in full, and a zoom on the rows that learn."""
+    from mpisim import plot
+
+    saved = load_results("bridge_table1.json")
+    series = [curve_series(label, cell["curve"]) for label, cell in saved["cells"].items()]
+    iterations = sorted({cell["settings"]["iterations"] for cell in saved["cells"].values()})
+    out = RESULTS / "bridge_table1.png"
+    plot.draw_panels([plot.Panel("every row", series, ylim=(0, 100)),
+                      plot.Panel("zoom: from iteration 100, 85-91%", series, ylim=(85, 91),
+                                 xlim=(80, 520))],
+                     xlabel="iteration", ylabel="test accuracy (%), mean over honest nodes", out=out,
+                     title=f"BRIDGE Table 1 setup: 100 nodes, Erdős–Rényi p = 0.5, b = 10, linear squared "
+                           f"hinge on MNIST, {'/'.join(map(str, iterations))} iterations",
+                     ncols=2, sharey=False, size=(11.0, 4.8))
+    print(f"figure: {out}")
+
+
+def plot_table2() -> None:
+    """The Table 2 rows' curves: the mean over the trials, a min-max band."""
+    from mpisim import plot
+
+    saved = load_results("bridge_table2.json")
+    trials: dict[str, list] = {}
+    for key, cell in saved["cells"].items():
+        label = key.rsplit("|seed ", 1)[0]
+        trials.setdefault(label, []).append(curve_series(label, cell["curve"]))
+    series = [plot.mean_band(runs, label=f"{label} ({len(runs)} trials)") for label, runs in trials.items()]
+    iterations = sorted({cell["settings"]["iterations"] for cell in saved["cells"].values()})
+    out = RESULTS / "bridge_table2.png"
+    plot.draw_panels([plot.Panel("every row", series, ylim=(0, 100)),
+                      plot.Panel("zoom: from iteration 200, 90-98%", series, ylim=(90, 98),
+                                 xlim=(160, 1040))],
+                     xlabel="iteration", ylabel="test accuracy (%), mean over honest nodes", out=out,
+                     title=f"BRIDGE Table 2 setup: 10 nodes, p = 0.5, b = 1, CNN, local Adam, "
+                           f"{'/'.join(map(str, iterations))} iterations",
+                     legend_title="lines: mean over trials; band: min-max over trials",
+                     ncols=2, sharey=False, size=(11.0, 4.8))
+    print(f"figure: {out}")
 
 
 def table2(args) -> None:
@@ -139,6 +186,7 @@ def table2(args) -> None:
         "command": f"python benchmarks/bridge_tables.py table2 --iterations {args.iterations} "
                    f"--trials {args.trials} --ranks {args.ranks}",
         "made_on": made_by(results), "cells": results, "table": table})
+    plot_table2()
 
 
 def main() -> None:
@@ -150,7 +198,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="table1: the run's seed")
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
     parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="only draw the table's figure from its saved JSON (runs no job)")
+    add_cluster_options(parser)
     args = parser.parse_args()
+    if args.plot_only:
+        plot_table1() if args.table == "table1" else plot_table2()
+        return
     if args.table == "table1":
         args.iterations = args.iterations or 500
         args.ranks = args.ranks or 4

@@ -17,12 +17,15 @@ table runs.
 
 Results are kept in benchmarks/results/cge_table.json, one cell at a time
 (a rerun skips the cells already there, unless --fresh); the table is
-printed in Markdown for the README.
+printed in Markdown for the README, and the curves are drawn in
+benchmarks/results/cge_figures.png (test accuracy against the round, one
+panel per fault, one curve per filter). ``--plot-only`` draws the figure
+from the saved JSON without running any job.
 """
 
 from __future__ import annotations
 
-from common import rule_by_fault_table
+from common import RESULTS, curve_series, load_results, rule_by_fault_table, sweep_parser
 
 N, F, STEP = 10, 1, 0.1
 
@@ -37,9 +40,38 @@ FILTERS = {  # column label -> extra arguments
 FAULTS = ["none", "gradient_reverse", "coordinate_wise", "norm_confusing", "label_flip", "random"]
 
 
+DESCRIPTION = __doc__.split("\n\n")[0]
+FIGURE = "cge_figures.png"
+
+
+def plot(name: str = "cge_table.json") -> None:
+    """CGE paper Figures 2-3 from the saved cells: accuracy against the round, a panel per fault."""
+    from mpisim import plot as mplot
+
+    cells = load_results(name)["cells"]
+    rounds = sorted({c["settings"]["rounds"] for c in cells.values()})
+    panels = [mplot.Panel("fault-free" if fault == "none" else f"fault: {fault}",
+                          [curve_series(rule, cells[f"{rule}|{fault}"]["curve"]) for rule in FILTERS
+                           if f"{rule}|{fault}" in cells], ylim=(0, 100))
+              for fault in FAULTS]
+    out = RESULTS / FIGURE
+    mplot.draw_panels([p for p in panels if p.series], xlabel="round", ylabel="test accuracy (%)", out=out,
+                      title=f"CGE paper Figures 2-3 setup: LeNet on MNIST, n = {N} agents, f = {F} faulty "
+                            f"(agent 0), k = 16, step {STEP} (CGE: {STEP}/(n - f)), "
+                            f"{'/'.join(map(str, rounds))} rounds",
+                      legend_title="filter", ncols=3)
+    print(f"figure: {out}")
+
+
 def main() -> None:
-    rule_by_fault_table("cge_table.py", "cge_table.json", __doc__.split("\n\n")[0],
-                        rules=FILTERS, faults=FAULTS, n=N, f=F, step=STEP, default_rounds=500)
+    parser = sweep_parser(DESCRIPTION, n=N, default_rounds=500, only="rule")
+    parser.add_argument("--plot-only", action="store_true",
+                        help=f"only draw benchmarks/results/{FIGURE} from the saved JSON (runs no job)")
+    args = parser.parse_args()
+    if not args.plot_only:  # the sweep reads the same command line (it has no --plot-only)
+        rule_by_fault_table("cge_table.py", "cge_table.json", DESCRIPTION,
+                            rules=FILTERS, faults=FAULTS, n=N, f=F, step=STEP, default_rounds=500)
+    plot()
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import statistics
 
 import numpy as np
 
-from common import MNIST_DIR, RESULTS, made_by, markdown_table, run_grid, save_json
+from common import MNIST_DIR, RESULTS, add_cluster_options, made_by, markdown_table, run_grid, save_json
 
 # ---------------------------------------------------------------- the methods compared
 
@@ -99,35 +99,17 @@ def keep(summary: dict, records: list[dict]) -> dict:
 # ---------------------------------------------------------------- figures
 
 
-def band(results: dict, prefix: str, seeds: int, key: str):
-    """(rounds, median, low, high) over the seeds of one setting, or None if it has no result."""
+def band(results: dict, prefix: str, seeds: int, key: str, label: str, x: str = "rounds"):
+    """The median over the seeds of one setting with a min-max band (an mpisim.plot Series),
+    or None if it has no result."""
+    from mpisim import plot
+
     runs = [results[f"{prefix}|seed {s}"] for s in range(seeds) if f"{prefix}|seed {s}" in results]
     if not runs:
         return None
     values = np.array([[math.nan if v is None else v for v in r[key]] for r in runs], dtype=float)
-    return (runs[0]["rounds"], np.median(values, axis=0), values.min(axis=0), values.max(axis=0))
-
-
-def draw(path, panels: list[tuple[str, list[tuple[str, tuple]]]], *, xlabel: str, ylabel: str,
-         log: bool, title: str) -> None:
-    """One row of panels, each with median curves and a min-max band per method."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (panel_title, curves) in zip(axes[0], panels):
-        for label, (x, mid, lo, hi) in curves:
-            line, = ax.plot(x, mid, label=label)
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
-        if log:
-            ax.set_yscale("log")
-        ax.set(title=panel_title, xlabel=xlabel, ylabel=ylabel)
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return plot.Series(label, runs[0][x], np.median(values, axis=0),
+                       band=(values.min(axis=0), values.max(axis=0)))
 
 
 def final_table(results: dict, cells: list[tuple[str, str]], seeds: int, key: str, scale: float = 1.0):
@@ -156,16 +138,18 @@ def regression(args) -> None:
                 "ranks": args.ranks}
     results = run_grid("ghosh_regression.json", cells, nprocs=args.ranks, settings=settings, fresh=args.fresh,
                        keep=keep, check_only=args.check)
-    reference = band(results, "GD, no fault|0", args.seeds, "distance_to_optimum")
+    from mpisim import plot
+
+    reference = band(results, "GD, no fault|0", args.seeds, "distance_to_optimum", "GD, no fault, no compression")
     for figure, methods in FIGURES.items():
-        panels = []
+        panels = {}
         for byz, dropped in BYZANTINE.items():
-            curves = [(m, band(results, f"{m}|{byz}", args.seeds, "distance_to_optimum")) for m in methods]
-            curves.append(("GD, no fault, no compression", reference))
-            panels.append((f"alpha m = {byz}, beta m = {dropped}", [c for c in curves if c[1] is not None]))
-        draw(RESULTS / f"ghosh_{figure}.png", panels, xlabel="iteration", ylabel="||w_t - w*||", log=True,
-             title=f"Ghosh et al. {figure.replace('figure', 'Figure ')}: least squares, m = 200, "
-                   f"{args.seeds} seeds (median, min-max band)")
+            curves = [band(results, f"{m}|{byz}", args.seeds, "distance_to_optimum", m) for m in methods]
+            panels[f"alpha m = {byz}, beta m = {dropped}"] = [c for c in [*curves, reference] if c is not None]
+        plot.draw_panels(panels, xlabel="iteration", ylabel="||w_t - w*||", logy=True,
+                         out=RESULTS / f"ghosh_{figure}.png",
+                         title=f"Ghosh et al. {figure.replace('figure', 'Figure ')}: least squares, m = 200",
+                         legend_title=f"median over {args.seeds} seeds, band: min-max")
     rows = final_table(results, [(f"{m}, alpha m = {b}", f"{m}|{b}") for b in BYZANTINE for m in METHODS]
                        + [("GD, no fault, no compression", "GD, no fault|0")], args.seeds, "distance_to_optimum")
     table = markdown_table(["method", f"final ||w - w*|| (median over seeds)", "min - max", "seeds"], rows)
@@ -196,15 +180,18 @@ def mnist(args) -> None:
                 "ranks": args.ranks}
     results = run_grid("ghosh_mnist.json", cells, nprocs=args.ranks, settings=settings, fresh=args.fresh,
                        keep=keep, check_only=args.check)
+    from mpisim import plot
+
     for key, ylabel, log in (("train_loss", "training cross-entropy (honest workers)", True),
-                             ("test_accuracy", "test accuracy", False)):
-        panels = []
+                             ("test_accuracy", "test accuracy (fraction of the 10,000 test digits)", False)):
+        panels = {}
         for panel, (fault, methods) in panels_spec.items():
-            curves = [(f"{m}, {byz} Byzantine", band(results, f"{m}|{fault}|{byz}", args.seeds, key))
+            curves = [band(results, f"{m}|{fault}|{byz}", args.seeds, key, f"{m}, {byz} Byzantine")
                       for byz in MNIST_COUNTS for m in methods]
-            panels.append((f"({panel}) {fault}", [c for c in curves if c[1] is not None]))
-        draw(RESULTS / f"ghosh_figure4_{key}.png", panels, xlabel="iteration", ylabel=ylabel, log=log,
-             title="Ghosh et al. Figure 4: MNIST, 1000-unit ReLU net, m = 200")
+            panels[f"({panel}) {fault}"] = [c for c in curves if c is not None]
+        plot.draw_panels(panels, xlabel="iteration", ylabel=ylabel, logy=log, out=RESULTS / f"ghosh_figure4_{key}.png",
+                         title="Ghosh et al. Figure 4: MNIST, 1000-unit ReLU net, m = 200",
+                         legend_title=f"median over {args.seeds} seed(s)")
     rows = final_table(results, [(f"({p}) {m}, {fault}, {byz} Byzantine", f"{m}|{fault}|{byz}")
                                  for p, (fault, methods) in panels_spec.items() for byz in MNIST_COUNTS
                                  for m in methods], args.seeds, "test_accuracy", scale=100)
@@ -234,28 +221,21 @@ def lenet(args) -> None:
     settings = {"rounds": args.rounds, "lr": args.lr}
     results = run_grid("ghosh_lenet.json", cells, nprocs=3, settings=settings, fresh=args.fresh, keep=keep,
                        check_only=args.check)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mpisim import plot
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    rows = []
+    curves, rows = [], []
     for label in LENET_CODECS:
         runs = [results[f"{label}|seed {s}"] for s in range(args.seeds) if f"{label}|seed {s}" in results]
         if not runs:
             continue
         per_agent = np.array(runs[0]["uplink_bytes"]) / 10
         acc = np.median(np.array([r["test_accuracy"] for r in runs], dtype=float), axis=0)
-        ax.semilogx(per_agent[1:], 100 * acc[1:], marker=".", label=label)
+        curves.append(plot.Series(label, per_agent[1:], 100 * acc[1:]))
         rows.append([label, runs[0]["payload_bytes"], f"{per_agent[-1] / 1e6:.2f}",
                      f"{100 * acc[-1]:.1f}"])
-    ax.set(xlabel="uplink bytes per agent (cumulative)", ylabel="test accuracy (%)",
-           title=f"LeNet on MNIST, 10 agents, 1 gaussian fault, norm thresholding ({args.rounds} rounds)")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "ghosh_lenet_bytes.png", dpi=100)
-    plt.close(fig)
+    plot.draw(curves, xlabel="uplink bytes per agent, cumulative", ylabel="test accuracy (%)", logx=True,
+              out=RESULTS / "ghosh_lenet_bytes.png", legend_title=f"median over {args.seeds} seeds",
+              title=f"LeNet on MNIST, 10 agents, 1 Gaussian fault, norm thresholding ({args.rounds} rounds)")
     table = markdown_table(["codec", "payload bytes a round", "MB per agent in all", "final accuracy %"], rows)
     print(f"\n{table}")
     save_json("ghosh_lenet.json", {
@@ -298,6 +278,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=3, help="MPI ranks: 1 server + agent ranks (packed)")
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
     parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
+    add_cluster_options(parser)
     args = parser.parse_args()
     if args.command == "bytes":
         byte_table()

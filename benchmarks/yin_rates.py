@@ -35,7 +35,7 @@ import statistics
 
 import numpy as np
 
-from common import RESULTS, made_by, run_grid, save_json
+from common import RESULTS, add_cluster_options, made_by, run_grid, save_json
 
 ALPHAS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25]
 SIZES = [25, 50, 100, 200, 400, 800, 1600]
@@ -165,22 +165,17 @@ def main() -> None:
     parser.add_argument("--plot-only", action="store_true", help="redraw from the saved results")
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
     parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
+    add_cluster_options(parser)
     args = parser.parse_args()
     settings = {"seeds": args.seeds, "m": args.m, "dim": args.dim, "rounds": args.rounds}
     grids = cells(args)
     if args.plot_only:
         results = json.loads((RESULTS / "yin_rates.json").read_text())["cells"]
-    else:
-        if args.check:
-            from common import check_jobs
-            for module, grid in grids.items():
-                check_jobs(grid, nprocs=3, module=module)
-            print(f"{sum(len(g) for g in grids.values())} jobs checked: every configuration is valid on 3 ranks")
-            return
-        results = {}
-        for module, grid in grids.items():
-            results = run_grid("yin_rates.json", grid, nprocs=3, settings=settings, fresh=args.fresh and
-                               not results, module=module, keep=keep)
+    else:  # one grid of both modules' cells, so that --cell K numbers them all
+        grid = {key: argv for g in grids.values() for key, argv in g.items()}
+        modules = {key: module for module, g in grids.items() for key in g}
+        results = run_grid("yin_rates.json", grid, nprocs=3, settings=settings, fresh=args.fresh,
+                           modules=modules, keep=keep, check_only=args.check)
     analysis = analyse(results, args.seeds)
     plot(analysis, RESULTS / "yin_rates.png")
     for a, fit in analysis["fits"].items():

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import MNIST_DIR, made_by, markdown_table, run_grid, save_json
+from common import MNIST_DIR, add_cluster_options, made_by, markdown_table, run_grid, save_json
 
 PAPER = {
     "table2": {"mean, no fault": 88.0, "mean": 76.8, "median": 87.2, "trimmed mean": 86.9},
@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=1000, help="table4: L-BFGS iteration cap")
     parser.add_argument("--fresh", action="store_true", help="ignore cells already in the JSON")
     parser.add_argument("--check", action="store_true", help="validate every job's configuration and exit")
+    add_cluster_options(parser)
     args = parser.parse_args()
     args.seeds = args.seeds or (1 if args.command in ("sweep3", "sweep4") else 3)
     if args.command == "table2":

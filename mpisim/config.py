@@ -69,6 +69,11 @@ class RunConfig:
     save_model: bool = _opt(False, "write the final model(s) as flat float32 rows (the wire layout): "
                                    "model.npy (server mode) or models.npy (decentralized: every node's, "
                                    "rows in node order)")
+    checkpoint_every: int = _opt(0, "write a checkpoint of the whole run every this many rounds and at "
+                                    "the last (0: only when SIGTERM or SIGUSR1 arrives)")
+    resume: str = _opt("", "a run directory to go on with from its last checkpoint, into the same "
+                           "directory; its config.toml is the base, and only run.rounds (which may "
+                           "grow), run.checkpoint_every and run.progress may differ")
 
 
 @dataclass(frozen=True)
@@ -561,6 +566,11 @@ def validate_run(run: RunConfig) -> None:
             f"got {name!r}")
     require(len(name.encode("utf-8", "surrogateescape")) <= 200, "run.name",
             f"must be at most 200 bytes, got {len(name.encode('utf-8', 'surrogateescape'))}")
+    require(run.checkpoint_every >= 0, "run.checkpoint_every",
+            f"must be >= 0 (0: only on SIGTERM or SIGUSR1), got {run.checkpoint_every}")
+    if run.resume:
+        _validate_resume(run)
+        return
     require(run.out_dir != "", "run.out_dir", "must name a directory (e.g. results)")
     # What can be seen without creating anything; the driver creates the directory
     # before any work starts and reports what this cannot foresee (permissions, /proc).
@@ -575,6 +585,53 @@ def validate_run(run: RunConfig) -> None:
         require(not (out / name).exists(), "run.name",
                 f"{out / name} already exists: runs never write into another run's directory; "
                 f"choose another run.name or remove it")
+
+
+# Fields a resumed run may change: none of them changes what the rounds compute.
+RESUMABLE_CHANGES = ("run.rounds", "run.resume", "run.checkpoint_every", "run.progress")
+
+
+def resume_base(argv: Sequence[str]) -> str | None:
+    """The run directory of ``--run.resume DIR`` (or ``--run.resume=DIR``) in ``argv``, if any."""
+    for i, token in enumerate(argv):
+        if token == "--run.resume" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--run.resume="):
+            return token.partition("=")[2]
+    return None
+
+
+def _validate_resume(run: RunConfig) -> None:
+    from . import checkpoint
+
+    directory = Path(run.resume).expanduser()
+    require(directory.is_dir(), "run.resume", f"{run.resume} is not a run directory")
+    meta = checkpoint.latest(directory)
+    require(meta is not None, "run.resume",
+            f"{run.resume} has no checkpoint (checkpoints are written with --run.checkpoint_every K, "
+            f"and when the run gets SIGTERM or SIGUSR1)")
+    require(run.rounds >= meta.round, "run.rounds",
+            f"the checkpoint of {run.resume} is at round {meta.round}, beyond run.rounds = {run.rounds}")
+
+
+def resume_differences(saved, cfg) -> list[str]:
+    """The fields (section.field) where ``cfg`` differs from the ``saved`` configuration of the run
+    it resumes, other than :data:`RESUMABLE_CHANGES`; run.rounds may only grow."""
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and prefix == "":
+                out.update(flat(value, f"{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    a, b = flat(to_dict(saved)), flat(to_dict(cfg))
+    differ = [f"{k} ({a.get(k)!r} in the run, {b.get(k)!r} now)" for k in sorted(set(a) | set(b))
+              if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES]
+    if cfg.run.rounds < saved.run.rounds:
+        differ.append(f"run.rounds ({saved.run.rounds} in the run, {cfg.run.rounds} now: it may only grow)")
+    return differ
 
 
 def validate_optim(optim: OptimConfig) -> None:
@@ -673,7 +730,14 @@ def _validate_run_of(cfg, world_size: int | None, *, section: str, servers: int,
     validate_problem(cfg, num_shards=n)
 
 
-def _validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequence[str],
+def _data_kind(cfg) -> str:
+    """classification or regression (the data set is known to exist by now)."""
+    from . import datasets
+
+    return datasets.REGISTRY[cfg.data.name].kind
+
+
+def _validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequence[str], data_kind: str,
                         extra_faults: Sequence[str] = (), why_not: str = "") -> None:
     """The faulty agents or nodes: a known fault, a count leaving one honest, valid ids and params."""
     from .rules import attacks
@@ -692,6 +756,9 @@ def _validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequ
         require(all(0 <= i < n for i in byz.ids), "byzantine.ids",
                 f"ids must be in [0, {n - 1}], got {list(byz.ids)}")
     if byz.fault in attacks.REGISTRY:
+        if attacks.REGISTRY[byz.fault].kind == "data" and data_kind == "regression":
+            raise ConfigError("byzantine.fault", f"{byz.fault} changes class labels, and this is a regression "
+                                                 f"problem (data.name): use a message fault, e.g. gaussian")
         message = attacks.check(byz.fault, n, byz.count, params=dict(byz.params))
         if message:
             raise ConfigError("byzantine.params" if "param" in message else "byzantine.fault", message)
@@ -789,7 +856,8 @@ def _validate_server_and_agents(cfg, world_size: int | None) -> None:
     require(0.0 <= agg.averaging < 1.0, "aggregator.averaging",
             f"alpha must be in [0, 1), got {agg.averaging}")
     _validate_aggregator(agg, n)
-    _validate_byzantine(cfg.byzantine, n, noun="agents", usable=tuple(attacks.REGISTRY))
+    _validate_byzantine(cfg.byzantine, n, noun="agents", usable=tuple(attacks.REGISTRY),
+                        data_kind=_data_kind(cfg))
 
 
 def _validate_aggregator(agg: AggregatorConfig, n: int) -> None:
@@ -865,6 +933,6 @@ def validate_decentralized(cfg: DecentralizedConfig, world_size: int | None) -> 
     require(math.isfinite(local.l2) and local.l2 >= 0, "local.l2", f"must be >= 0, got {local.l2}")
 
     usable = [name for name, a in attacks.REGISTRY.items() if a.kind == "message" and not a.omniscient]
-    _validate_byzantine(cfg.byzantine, n, noun="nodes", usable=usable,
+    _validate_byzantine(cfg.byzantine, n, noun="nodes", usable=usable, data_kind=_data_kind(cfg),
                         extra_faults=DECENTRALIZED_FAULTS_EXTRA,
                         why_not=" (omniscient and data faults are server-mode only)")

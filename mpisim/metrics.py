@@ -96,7 +96,11 @@ class RunLog:
     :func:`read_jsonl` drops (and which is cut off when the log is reopened).
     """
 
-    def __init__(self, directory: str | os.PathLike, config_toml: str, *, append: bool = False):
+    def __init__(self, directory: str | os.PathLike, config_toml: str, *, append: bool = False,
+                 keep_records: int | None = None):
+        """``append``: go on with an existing log (a resumed run), keeping only its first
+        ``keep_records`` records when that is given (those written after the checkpoint the
+        run resumes from are cut off, to be written again)."""
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / "config.toml", config_toml)
@@ -105,6 +109,8 @@ class RunLog:
         self._fd = os.open(path, flags, 0o666)
         if append:
             _drop_torn_tail(self._fd)
+            if keep_records is not None:
+                _keep_lines(self._fd, keep_records)
 
     def log(self, record: dict) -> None:
         """Append one evaluation record to metrics.jsonl, durably."""
@@ -154,6 +160,20 @@ def _drop_torn_tail(fd: int) -> None:
         keep = start
     if keep != size:
         os.ftruncate(fd, keep)
+
+
+def _keep_lines(fd: int, count: int) -> None:
+    """Truncate the file open at ``fd`` after its first ``count`` lines (durably)."""
+    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    end = 0
+    for _ in range(count):
+        newline = data.find(b"\n", end)
+        if newline < 0:
+            raise ValueError(f"metrics.jsonl has fewer than {count} records")
+        end = newline + 1
+    if end != len(data):
+        os.ftruncate(fd, end)
+        os.fsync(fd)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

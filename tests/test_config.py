@@ -89,6 +89,8 @@ def test_valid_default_passes_on_eleven_ranks():
     (["--data.batch_size", "-1"], 11, "data.batch_size", ">= 0"),
     (["--run.rounds", "0"], 11, "run.rounds", ">= 1"),
     (["--aggregator.averaging", "1.0"], 11, "aggregator.averaging", "[0, 1)"),
+    (["--data.name", "synthetic_regression", "--model.name", "least_squares", "--byzantine.fault",
+      "random_labels"], 11, "byzantine.fault", "regression"),
     # [compression] (LeNet: d = 431,080)
     (["--compression.codec", "zip"], 11, "compression.codec", "unknown codec"),
     (["--compression.codec", "topk", "--compression.params.k", "431081"], 11, "compression.params.k", "431080"),

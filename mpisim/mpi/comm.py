@@ -29,16 +29,78 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
-__all__ = ["MPI", "Comm", "world", "abort_on_error", "agree", "wait", "Traffic", "barrier", "bcast",
-           "gatherv_rows", "scatterv_rows", "NeighbourExchange", "gather_small", "reduce_array",
-           "allreduce_array", "split"]
+__all__ = ["MPI", "Comm", "world", "srun_world_error", "abort_on_error", "agree", "wait", "Traffic",
+           "barrier", "bcast", "gatherv_rows", "scatterv_rows", "NeighbourExchange", "gather_small",
+           "reduce_array", "allreduce_array", "split", "bcast_small", "any_rank"]
 
 Comm = MPI.Comm
 
 
 def world() -> MPI.Comm:
-    """The job's world communicator (only the drivers' entry points ask for it)."""
-    return MPI.COMM_WORLD
+    """The job's world communicator (only the drivers' entry points ask for it).
+
+    Exits first, with :func:`srun_world_error`'s message, when this process
+    is one of srun's tasks but its MPI world does not hold all of them
+    (MPISIM_WORLD_CHECK=0 turns the check off).
+    """
+    comm = MPI.COMM_WORLD
+    error = None
+    if os.environ.get("MPISIM_WORLD_CHECK", "1") != "0":
+        error = srun_world_error(comm.Get_size(), os.environ)
+    if error is not None:
+        # Every task is its own singleton world here, so no collective can
+        # reach the others: each one leaves on its own, task 0 with the whole story.
+        first = os.environ.get("SLURM_PROCID", "0") == "0"
+        raise SystemExit(error if first else error.splitlines()[0])
+    return comm
+
+
+# Where launchers announce the size of the world they start: srun's PMI-2
+# (PMI_SIZE, equal to the step's task count), MPICH's and Intel's hydra
+# mpiexec (PMI_SIZE), Open MPI's mpirun (OMPI_COMM_WORLD_SIZE).
+_ANNOUNCED_SIZES = ("SLURM_STEP_NUM_TASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+
+
+def srun_world_error(size: int, environ) -> str | None:
+    """Why an MPI world of ``size`` ranks cannot be right for an srun task, or None.
+
+    srun sets SLURM_STEP_ID and SLURM_STEP_NUM_TASKS (and SLURM_PROCID,
+    SLURM_NTASKS) in the environment of each task it starts; a batch script
+    itself has SLURM_PROCID and the allocation's SLURM_NTASKS but no
+    SLURM_STEP_ID, so a process started there by hand is not checked.
+    ``mpiexec -n K`` inside an allocation starts its ranks under proxies that
+    are themselves an srun step with one task per node (measured with
+    MPICH's hydra under SLURM 22.05): those ranks carry that step's
+    variables, SLURM_STEP_NUM_TASKS=1, but also the launcher's PMI_SIZE=K,
+    which their world matches. So the rule is: a process in an srun step
+    whose world size is none of the sizes announced to it
+    (``_ANNOUNCED_SIZES``) is wrong. That is what happens when the MPI
+    library and srun share no process manager interface (``srun --mpi=none``,
+    or pmix for an MPI that speaks only PMI-2): each task initialises alone as
+    a world of size 1, and would otherwise run a whole job by itself.
+    """
+    if "SLURM_STEP_ID" not in environ and "SLURM_STEPID" not in environ:
+        return None
+    announced = {}
+    for name in _ANNOUNCED_SIZES:
+        try:
+            announced[name] = int(environ[name])
+        except (KeyError, ValueError):
+            continue
+    if "SLURM_STEP_NUM_TASKS" not in announced:
+        return None
+    if size in announced.values():
+        return None
+    ntasks = announced["SLURM_STEP_NUM_TASKS"]
+    task = environ.get("SLURM_PROCID", "?")
+    return (f"mpisim: this process is srun task {task} of {ntasks} (SLURM_STEP_NUM_TASKS={ntasks}) "
+            f"but its MPI world has {size} rank{'s' if size != 1 else ''}: stopping.\n"
+            f"  The MPI library did not join srun's process manager (PMI), so each task would run "
+            f"a job of its own.\n"
+            f"  Fix: launch with `srun --mpi=pmi2` for the MPICH wheel (the default install), or the "
+            f"cluster's `srun --mpi=pmix` for an MPI built for it (MPISIM_MPI=system ./launch/setup.sh);\n"
+            f"  `srun --mpi=list` shows what this SLURM offers. Or start the ranks with "
+            f"`mpiexec -n {ntasks} python -m ...` inside the allocation instead of srun.")
 
 
 # Seconds between printing an uncaught exception and aborting the job.
@@ -335,6 +397,20 @@ class NeighbourExchange:
 def gather_small(comm: MPI.Comm, obj, *, root: int = 0):
     """Gather a small picklable object (a control message) to ``root``: a list there, None elsewhere."""
     return comm.gather(obj, root=root)
+
+
+def bcast_small(comm: MPI.Comm, obj, *, root: int = 0):
+    """Broadcast a small picklable object (a control message) from ``root``; every rank gets it."""
+    return comm.bcast(obj, root=root)
+
+
+def any_rank(comm: MPI.Comm, flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (every rank calls it): a one-byte ``Iallreduce``,
+    waited for with sleeps so that a rank that arrives early gives its core away."""
+    mine = np.array([1 if flag else 0], dtype=np.uint8)
+    out = np.zeros(1, dtype=np.uint8)
+    wait(comm.Iallreduce(mine, out, op=MPI.MAX))
+    return bool(out[0])
 
 
 def barrier(comm: MPI.Comm) -> None:

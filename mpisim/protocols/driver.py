@@ -27,15 +27,17 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from .. import config, datasets, metrics, seeding
+from .. import checkpoint, config, datasets, metrics, seeding
 from ..config import ConfigError
 from ..graphs.topology import GraphError
 from ..learning import models, tasks
@@ -94,6 +96,13 @@ class Role:
     def describe(self, summary: dict) -> list[str]:
         """Lines printed at the end of the run, on rank 0, after the first (see Protocol.headline)."""
         return []
+
+    def state_dict(self) -> dict:
+        """Everything this rank carries from one round to the next (its state objects), for a checkpoint."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be checkpointed")
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot be resumed")
 
 
 class Protocol:
@@ -194,12 +203,77 @@ def eval_rounds(run_cfg) -> set[int]:
     return set(range(0, run_cfg.rounds + 1, run_cfg.eval_every)) | {run_cfg.rounds}
 
 
-def progress_bar(total: int, show: bool, unit: str = "round"):
-    """A tqdm bar on stderr, shown only when ``show`` and stderr is a terminal (else a silent one)."""
+def progress_bar(total: int, show: bool, unit: str = "round", initial: int = 0):
+    """Progress on stderr when ``show``: a tqdm bar on a terminal, else (a log file, e.g. SLURM's)
+    one short line every 5% (:class:`ProgressLines`)."""
     from tqdm import tqdm
 
+    if show and not sys.stderr.isatty():
+        return ProgressLines(total, unit, initial=initial)
     return tqdm(total=total, unit=unit, disable=None if show else True, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+                dynamic_ncols=True, mininterval=0.5, initial=initial)
+
+
+class ProgressLines:
+    """The progress bar of a run whose stderr is not a terminal: a line every ``step`` of the
+    rounds (5%), naming the rank, with the rate and the last test metric; no carriage returns."""
+
+    def __init__(self, total: int, unit: str, *, initial: int = 0, step: float = 0.05, stream=None):
+        self.total, self.unit, self.done = total, unit, initial
+        self.stride = max(1, math.ceil(step * total))
+        self.next = (initial // self.stride + 1) * self.stride
+        self.stream = stream or sys.stderr
+        self.started, self.first = time.perf_counter(), initial
+        self.postfix = ""
+
+    def set_postfix(self, values: dict, refresh: bool = False) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.done >= self.next or self.done == self.total:
+            while self.next <= self.done:
+                self.next += self.stride
+            rate = (self.done - self.first) / max(time.perf_counter() - self.started, 1e-9)
+            extra = f", {self.postfix}" if self.postfix else ""
+            print(f"[rank {ROOT}] {self.unit} {self.done}/{self.total} "
+                  f"({100 * self.done / self.total:.0f}%), {rate:.2f} {self.unit}s/s{extra}",
+                  file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def say(text: str, stream=None) -> None:
+    """Print a line of rank 0's report; in a log file (not a terminal) the line names the rank."""
+    stream = stream or sys.stdout
+    print(text if stream.isatty() else f"[rank {ROOT}] {text}", file=stream)
+
+
+class StopSignals:
+    """SIGTERM and SIGUSR1 (SLURM's warning before a time limit: ``--signal=B:USR1@120``) ask the
+    run to write a checkpoint after the current round and stop (exit code 75)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.seen: int | None = None
+        self._before = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
+
+    def _note(self, signum, frame) -> None:
+        self.seen = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+
+def _restore(role: Role, state: dict) -> None:
+    """Put a rank's checkpointed state back: its role's state objects, byte counters and timers."""
+    role.load_state_dict(state["role"])
+    for direction in ("sent", "received"):
+        getattr(role.traffic, direction).update(state["traffic"][direction])
+    role.timer.totals.update(state["phases"])
 
 
 def bytes_by_role(reports: list[tuple[str, dict]], *, adversary: bool) -> dict[str, int]:
@@ -241,7 +315,7 @@ def _exit_if(world: mpi.Comm, error: str | None) -> None:
     if error is None:
         return
     if error and world.Get_rank() == ROOT:
-        print(f"mpisim: {error}", file=sys.stderr)
+        say(f"mpisim: {error}", sys.stderr)
     sys.exit(2 if error else 0)
 
 
@@ -253,11 +327,17 @@ def read_config(world: mpi.Comm, argv: Sequence[str] | None, protocol: type[Prot
     """
     rank = world.Get_rank()
     error, cfg, print_only = None, None, False
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        resumed = config.resume_base(argv)
+        if resumed is not None and "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+            argv = ["--config", str(Path(resumed).expanduser() / "config.toml"), *argv]
         with _quiet_unless(rank == ROOT):
             cfg, print_only = config.parse_args(protocol.config_class, argv, prog=protocol.prog,
                                                 description=protocol.description)
         protocol.validate(cfg, None if print_only else world.Get_size())
+        if cfg.run.resume:
+            _check_resumable(cfg, protocol, world.Get_size())
     except ConfigError as exc:
         error = f"config error: {exc}"
     except SystemExit as exc:  # --help, or argparse's own usage error
@@ -268,6 +348,23 @@ def read_config(world: mpi.Comm, argv: Sequence[str] | None, protocol: type[Prot
             print(config.dumps(cfg), end="")
         sys.exit(0)
     return cfg
+
+
+def _check_resumable(cfg, protocol: type[Protocol], world_size: int) -> None:
+    """A resumed run must be the run it resumes: same configuration but for
+    :data:`config.RESUMABLE_CHANGES`, same number of ranks."""
+    directory = Path(cfg.run.resume).expanduser()
+    saved, _ = config.parse_args(protocol.config_class, ["--config", str(directory / "config.toml")],
+                                 prog=protocol.prog, description=protocol.description)
+    differ = config.resume_differences(saved, cfg)
+    if differ:
+        raise ConfigError("run.resume", f"the configuration differs from that of the run in {directory}: "
+                                        f"{'; '.join(differ)}. A resumed run goes on with the same "
+                                        f"configuration (only {', '.join(config.RESUMABLE_CHANGES)} may change)")
+    meta = checkpoint.latest(directory)
+    if meta.world_size != world_size:
+        raise ConfigError("run.resume", f"the checkpoint of {directory} was written by {meta.world_size} "
+                                        f"ranks, this job has {world_size}")
 
 
 def _agreed(world: mpi.Comm, make: Callable[[], Any]):
@@ -284,7 +381,18 @@ def _agreed(world: mpi.Comm, make: Callable[[], Any]):
 
 
 def _run_dir(cfg, parts: list[str]):
-    """Create the run directory and write config.toml (rank 0); OS errors become config errors."""
+    """Create the run directory and write config.toml (rank 0); OS errors become config errors.
+
+    A resumed run reopens its directory: the metrics records written after
+    the checkpoint it resumes from are cut off (they will be written again)."""
+    if cfg.run.resume:
+        directory = Path(cfg.run.resume).expanduser()
+        meta = checkpoint.latest(directory)
+        checkpoint.sweep_incomplete(directory)
+        try:
+            return metrics.RunLog(directory, config.dumps(cfg), append=True, keep_records=meta.metrics_lines)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("run.resume", f"cannot go on with {directory}/metrics.jsonl: {exc}") from None
     try:
         run_dir = metrics.make_run_dir(cfg.run.out_dir, cfg.run.name, metrics.default_run_name(parts))
     except FileExistsError:
@@ -312,9 +420,9 @@ def main(protocol: type[Protocol], argv: Sequence[str] | None = None) -> int:
     log = _agreed(world, lambda: _run_dir(cfg, protocol.run_name(cfg, plan)) if rank == ROOT else None)
     summary = run(world, protocol, cfg, plan, log)
     if rank == ROOT:
-        print(protocol.headline(summary))
+        say(protocol.headline(summary))
         for line in summary.pop("_lines"):
-            print(f"  {line}")
+            say(f"  {line}")
         sys.stdout.flush()
     return 0
 
@@ -345,18 +453,54 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
         log.log(line)
         return line
 
+    # Where every rank writes its checkpoints (rank 0 made the directory).
+    directory = Path(mpi.bcast_small(world, None if log is None else str(log.dir), root=ROOT))
+    first, seconds_before, lines = 0, 0.0, 0
+    if cfg.run.resume:
+        meta = checkpoint.latest(directory)
+        _restore(role, checkpoint.read_rank(directory, meta, rank))
+        first, seconds_before, lines = meta.round, meta.seconds, meta.metrics_lines
+    every = cfg.run.checkpoint_every
+
+    def save(t: int, clock: float) -> None:
+        """Checkpoint after round t (collective): every rank's file, then rank 0 commits."""
+        with role.timer("checkpoint"):
+            checkpoint.write_rank(directory, t, rank, {
+                "role": role.state_dict(), "traffic": role.traffic.as_dict(), "phases": dict(role.timer.totals)})
+            mpi.barrier(world)
+            if rank == ROOT:
+                checkpoint.commit(directory, checkpoint.Meta(round=t, world_size=world.Get_size(),
+                                                             seconds=time.perf_counter() - clock,
+                                                             metrics_lines=lines))
+
     mpi.barrier(world)  # every rank is set up: the clock starts for all
-    clock = time.perf_counter()
-    last = record(0, clock)
-    progress = progress_bar(cfg.run.rounds, rank == ROOT and cfg.run.progress, unit=protocol.unit)
-    for t in range(1, cfg.run.rounds + 1):
+    clock = time.perf_counter() - seconds_before  # a resumed run's clock goes on
+    if first == 0:
+        last, lines = record(0, clock), 1
+    else:
+        last = metrics.read_jsonl(directory / "metrics.jsonl")[-1] if rank == ROOT else None
+    progress = progress_bar(cfg.run.rounds, rank == ROOT and cfg.run.progress, unit=protocol.unit,
+                            initial=first)
+    stops = StopSignals()
+    for t in range(first + 1, cfg.run.rounds + 1):
         role.step(t)
         if t in schedule:
-            last = record(t, clock)
+            last, lines = record(t, clock), lines + 1
             key = role.headline
             if last is not None and key and finite(last.get(key)):
                 progress.set_postfix({key.removeprefix("test_"): f"{last[key]:.4g}"}, refresh=False)
         progress.update(1)
+        stop = mpi.any_rank(world, stops.seen is not None) and t < cfg.run.rounds
+        if stop or (every and (t % every == 0 or t == cfg.run.rounds)):
+            save(t, clock)
+        if stop:
+            progress.close()
+            if rank == ROOT:
+                log.close()
+                say(f"mpisim: stopped by a signal after round {t}, with a checkpoint: go on with "
+                    f"--run.resume {directory}", sys.stderr)
+            sys.exit(checkpoint.EXIT_CHECKPOINTED)
+    stops.restore()
     progress.close()
     loop_seconds = time.perf_counter() - clock
 
