@@ -128,32 +128,22 @@ def analyse(results: dict, seeds: int) -> dict:
 
 
 def plot(analysis: dict, path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mpisim import plot as draw
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = dict(zip(ALGORITHMS, ("tab:blue", "tab:orange", "tab:green")))
+    left, right = [], []
     for a in ALGORITHMS:
-        for alpha, style in ((0.0, ":"), (ALPHA_FOR_N, "-")):
-            left.loglog(SIZES, analysis["by_n"][a][alpha], style, marker="o", color=colours[a],
-                        label=f"{a}, alpha = {alpha:g}")
-        for fault, style in (("shift", "-"), ("alie", "--")):
-            right.loglog(ALPHAS[1:], analysis["bias_by_alpha"][a][fault], style, marker="o", color=colours[a],
-                         label=f"{a}, {fault}")
+        for alpha in (0.0, ALPHA_FOR_N):
+            left.append(draw.Series(f"{a}, alpha = {alpha:g}", SIZES, analysis["by_n"][a][alpha]))
+        for fault in ("shift", "alie"):
+            right.append(draw.Series(f"{a}, {fault}", ALPHAS[1:], analysis["bias_by_alpha"][a][fault]))
     ref = analysis["by_n"]["median GD"][ALPHA_FOR_N][0]
-    left.loglog(SIZES, [ref * (SIZES[0] / n) ** 0.5 for n in SIZES], color="grey", lw=0.8,
-                label="slope -1/2")
+    left.append(draw.Series("slope -1/2", SIZES, [ref * (SIZES[0] / n) ** 0.5 for n in SIZES]))
     ref = analysis["bias_by_alpha"]["median GD"]["shift"][-1]
-    right.loglog(ALPHAS[1:], [ref * alpha / ALPHAS[-1] for alpha in ALPHAS[1:]], color="grey", lw=0.8,
-                 label="slope 1")
-    left.set(xlabel="n (samples per worker)", ylabel="||w - w*||", title="error against n (m fixed)")
-    right.set(xlabel="alpha (fraction of Byzantine workers)", ylabel="sqrt(||w - w*||^2 - same at alpha 0)",
-              title=f"what the faulty workers add, against alpha (n = {N_FOR_ALPHA})")
-    left.legend(fontsize=7)
-    right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    right.append(draw.Series("slope 1", ALPHAS[1:], [ref * alpha / ALPHAS[-1] for alpha in ALPHAS[1:]]))
+    draw.draw_panels([draw.Panel("||w - w*|| against n, the samples per worker (m fixed)", left),
+                      draw.Panel(f"the faulty workers' share against alpha (n = {N_FOR_ALPHA})", right)],
+                     xlabel="n (left), alpha (right)", ylabel="||w - w*|| (left), sqrt(||w - w*||^2 - at alpha 0)",
+                     logx=True, logy=True, sharey=False, ncols=2, size=(13, 6.2), out=path)
 
 
 def main() -> None:
