@@ -291,3 +291,12 @@ def test_plots_of_real_runs_of_every_protocol(mpirun, tmp_path):
                              "-o", str(tmp_path / "mixed.png")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr  # each run's own uplink: nodes_sent and agents_sent
     assert (tmp_path / "mixed.png").read_bytes().startswith(PNG)
+
+
+def test_log_axes_are_drawn_when_asked():
+    from mpisim import plot
+
+    fig = plot.draw([plot.Series("a", [1, 10, 100], [1.0, 0.1, 0.01])], xlabel="n", ylabel="error",
+                    logx=True, logy=True)
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"
+    assert plot.draw([plot.Series("a", [1, 2], [3, 4])], xlabel="x", ylabel="y").axes[0].get_xscale() == "linear"
