@@ -107,19 +107,24 @@ def table1(args) -> None:
 
 def plot_table1() -> None:
     """The Table 1 cells' curves: every row in full, and a zoom on the rows that learn."""
-    from mpisim import plot
-
     saved = load_results("bridge_table1.json")
     series = [curve_series(label, cell["curve"]) for label, cell in saved["cells"].items()]
     iterations = sorted({cell["settings"]["iterations"] for cell in saved["cells"].values()})
-    out = RESULTS / "bridge_table1.png"
+    draw_with_zoom(series, "bridge_table1.png", zoom=("from iteration 100", (85, 91), (80, 520)),
+                   title=f"BRIDGE Table 1 setup: 100 nodes, Erdős–Rényi p = 0.5, b = 10, linear squared "
+                         f"hinge on MNIST, {'/'.join(map(str, iterations))} iterations")
+
+
+def draw_with_zoom(series, name: str, *, zoom: tuple, title: str, legend_title: str | None = None) -> None:
+    """Accuracy curves in full beside a zoom (``zoom``: its title, y range and x range)."""
+    from mpisim import plot
+
+    label, ylim, xlim = zoom
+    out = RESULTS / name
     plot.draw_panels([plot.Panel("every row", series, ylim=(0, 100)),
-                      plot.Panel("zoom: from iteration 100, 85-91%", series, ylim=(85, 91),
-                                 xlim=(80, 520))],
+                      plot.Panel(f"zoom: {label}, {ylim[0]}-{ylim[1]}%", series, ylim=ylim, xlim=xlim)],
                      xlabel="iteration", ylabel="test accuracy (%), mean over honest nodes", out=out,
-                     title=f"BRIDGE Table 1 setup: 100 nodes, Erdős–Rényi p = 0.5, b = 10, linear squared "
-                           f"hinge on MNIST, {'/'.join(map(str, iterations))} iterations",
-                     ncols=2, sharey=False, size=(11.0, 4.8))
+                     title=title, legend_title=legend_title, ncols=2, sharey=False, size=(11.0, 4.8))
     print(f"figure: {out}")
 
 
@@ -134,16 +139,10 @@ def plot_table2() -> None:
         trials.setdefault(label, []).append(curve_series(label, cell["curve"]))
     series = [plot.mean_band(runs, label=f"{label} ({len(runs)} trials)") for label, runs in trials.items()]
     iterations = sorted({cell["settings"]["iterations"] for cell in saved["cells"].values()})
-    out = RESULTS / "bridge_table2.png"
-    plot.draw_panels([plot.Panel("every row", series, ylim=(0, 100)),
-                      plot.Panel("zoom: from iteration 200, 90-98%", series, ylim=(90, 98),
-                                 xlim=(160, 1040))],
-                     xlabel="iteration", ylabel="test accuracy (%), mean over honest nodes", out=out,
-                     title=f"BRIDGE Table 2 setup: 10 nodes, p = 0.5, b = 1, CNN, local Adam, "
-                           f"{'/'.join(map(str, iterations))} iterations",
-                     legend_title="lines: mean over trials; band: min-max over trials",
-                     ncols=2, sharey=False, size=(11.0, 4.8))
-    print(f"figure: {out}")
+    draw_with_zoom(series, "bridge_table2.png", zoom=("from iteration 200", (90, 98), (160, 1040)),
+                   title=f"BRIDGE Table 2 setup: 10 nodes, p = 0.5, b = 1, CNN, local Adam, "
+                         f"{'/'.join(map(str, iterations))} iterations",
+                   legend_title="lines: mean over trials; band: min-max over trials")
 
 
 def table2(args) -> None:
