@@ -179,6 +179,15 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """[server]: how many ranks the parameter server takes."""
+
+    ranks: int = _opt(1, "ranks of the parameter server (ranks 0..S-1), each owning a contiguous slice of "
+                         "d / S coordinates of the model and of every agent's message; the agents start "
+                         "at rank S")
+
+
+@dataclass(frozen=True)
 class RunSections:
     """The sections every protocol has; a mode's config adds its own (and may change defaults)."""
 
@@ -196,6 +205,7 @@ class ServerModeConfig(RunSections):
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
 
 @dataclass(frozen=True)
@@ -720,7 +730,7 @@ def _validate_run_of(cfg, world_size: int | None, *, section: str, servers: int,
     require(per_rank >= 1, f"{section}.per_rank", f"must be >= 1, got {per_rank}")
     needed = servers + math.ceil(n / per_rank)
     if world_size is not None:  # None: --print-config, no job to fit
-        server_text = f"1 server + {needed - 1} agent ranks" if servers else f"{needed} ranks"
+        server_text = (f"{servers} server + {needed - servers} agent ranks" if servers else f"{needed} ranks")
         require(world_size == needed, f"{section}.per_rank",
                 f"{n} {section} at {per_rank} per rank need {needed} MPI ranks ({server_text}), but the "
                 f"job has {world_size}; run with mpiexec -n {needed}, or change {section}.n / "
@@ -770,6 +780,28 @@ def validate_server_mode(cfg: ServerModeConfig, world_size: int | None) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (None: skip the rank count)."""
     _validate_server_and_agents(cfg, world_size)
     _validate_compression(cfg)
+    _validate_sharding(cfg)
+
+
+def server_ranks(cfg) -> int:
+    """S, the parameter server's ranks (1 for the one-round algorithm, which has no [server])."""
+    server = getattr(cfg, "server", None)
+    return 1 if server is None else server.ranks
+
+
+def _validate_sharding(cfg: ServerModeConfig) -> None:
+    """What a server split into S slices of the coordinates cannot do (yet)."""
+    S = cfg.server.ranks
+    if S == 1:
+        return
+    require(cfg.compression.codec == "none", "server.ranks",
+            f"a compressed uplink ({cfg.compression.codec}) encodes whole vectors, which cannot be cut into "
+            f"the server's {S} slices; use --server.ranks 1 with compression")
+    require(cfg.aggregator.name != "majority_vote", "server.ranks",
+            f"majority_vote's downlink is the packed vote of the whole model; use --server.ranks 1")
+    d = _model_size(cfg)
+    require(S <= d, "server.ranks", f"{S} server ranks would leave some without a coordinate: the model has "
+                                    f"d = {d} parameters")
 
 
 def _model_size(cfg) -> int:
@@ -849,7 +881,9 @@ def _validate_server_and_agents(cfg, world_size: int | None) -> None:
     from .rules import attacks
 
     n = cfg.agents.n
-    _validate_run_of(cfg, world_size, section="agents", servers=1, least=1)
+    servers = server_ranks(cfg)
+    require(servers >= 1, "server.ranks", f"must be >= 1, got {servers}")
+    _validate_run_of(cfg, world_size, section="agents", servers=servers, least=1)
 
     agg = cfg.aggregator
     require(agg.f >= 0, "aggregator.f", f"must be >= 0, got {agg.f}")

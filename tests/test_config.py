@@ -71,6 +71,10 @@ def test_valid_default_passes_on_eleven_ranks():
     config.validate_server_mode(parse([]), world_size=11)
 
 
+def test_a_sharded_server_takes_its_ranks_before_the_agents():
+    config.validate_server_mode(parse(["--server.ranks", "3"]), world_size=13)
+
+
 @pytest.mark.parametrize("argv, world, field, words", [
     ([], 4, "agents.per_rank", "need 11 MPI ranks"),
     (["--agents.per_rank", "4"], 11, "agents.per_rank", "need 4 MPI ranks"),
@@ -109,6 +113,14 @@ def test_valid_default_passes_on_eleven_ranks():
     (["--compression.codec", "sign", "--compression.faulty_norm", "0"], 11, "compression.faulty_norm",
      "no norm field"),
     (["--compression.codec", "qsgd", "--compression.faulty_norm", "-1"], 11, "compression.faulty_norm", ">= 0"),
+    # [server]: the sharded server
+    (["--server.ranks", "0"], 11, "server.ranks", ">= 1"),
+    (["--server.ranks", "3"], 11, "agents.per_rank", "need 13 MPI ranks (3 server + 10 agent ranks)"),
+    (["--server.ranks", "2", "--compression.codec", "sign", "--aggregator.name", "majority_vote"], 12,
+     "server.ranks", "cannot be cut"),
+    (["--server.ranks", "2", "--aggregator.name", "majority_vote"], 12, "server.ranks", "packed vote"),
+    (["--server.ranks", "9", "--data.name", "synthetic_regression", "--data.params.dim", "7", "--model.name",
+      "least_squares", "--byzantine.fault", "gaussian"], 19, "server.ranks", "d = 7"),
 ])
 def test_validation_names_field_and_constraint(argv, world, field, words):
     with pytest.raises(ConfigError) as info:

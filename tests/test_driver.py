@@ -32,7 +32,7 @@ def test_least_squares_with_full_local_gradients_reaches_the_optimum(mpirun, tmp
     records = metrics.read_jsonl(tmp_path / "ls" / "metrics.jsonl")
     distances = [r["distance_to_optimum"] for r in records]
     assert distances[0] > 1.0 and distances[-1] < 1e-3, distances
-    assert all(a > b for a, b in zip(distances, distances[1:]))
+    assert all(a > b or b < 1e-6 for a, b in zip(distances, distances[1:]))  # down to float32's floor
     assert records[-1]["test_loss"] < 1e-6 and "test_accuracy" not in records[-1]
     assert "final distance to the optimum" in result.stdout
 

@@ -30,7 +30,8 @@ from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
 __all__ = ["MPI", "Comm", "world", "srun_world_error", "abort_on_error", "agree", "wait", "Traffic",
-           "barrier", "bcast", "gatherv_rows", "scatterv_rows", "NeighbourExchange", "gather_small",
+           "barrier", "bcast", "gatherv_rows", "scatterv_rows", "NeighbourExchange", "ColumnSlices",
+           "allgather_slices", "slice_bounds", "gather_small",
            "reduce_array", "allreduce_array", "split", "bcast_small", "any_rank"]
 
 Comm = MPI.Comm
@@ -329,6 +330,104 @@ def scatterv_rows(comm: MPI.Comm, sendbuf: np.ndarray | None, recvbuf: np.ndarra
             traffic.count(category, sent=sendbuf.nbytes - recvbuf.nbytes)
         else:
             traffic.count(category, received=recvbuf.nbytes)
+
+
+def slice_bounds(d: int, parts: int) -> list[int]:
+    """Boundaries of ``parts`` contiguous slices of d coordinates, as even as can be:
+    slice s is [bounds[s], bounds[s + 1]), the first ``d % parts`` one longer."""
+    return [s * (d // parts) + min(s, d % parts) for s in range(parts + 1)]
+
+
+class ColumnSlices:
+    """Every rank's rows sent in column slices to the first S ranks, with one ``Alltoallw``.
+
+    The sharded server: rank s < S owns the columns ``bounds[s]:bounds[s + 1]``
+    (of the d columns of every agent's row) and receives, from every rank r,
+    that slice of r's ``rows_per_rank[r]`` rows, stacked in rank order into
+    its (sum of rows, width) block. Rank r's send buffer is its (rows, d)
+    block as it is: a strided MPI vector datatype per server rank picks the
+    slice, so nothing is copied into a send buffer. Built once per run (every
+    rank calls the constructor and :meth:`free`).
+    """
+
+    def __init__(self, comm: MPI.Comm, *, d: int, rows_per_rank: Sequence[int], bounds: Sequence[int],
+                 dtype=np.float32):
+        self.comm, self.d, self.bounds = comm, d, list(bounds)
+        size, rank = comm.Get_size(), comm.Get_rank()
+        servers = len(self.bounds) - 1
+        base = from_numpy_dtype(np.dtype(dtype))
+        item = np.dtype(dtype).itemsize
+        mine = int(rows_per_rank[rank])
+        self._types = []
+        send_counts, send_displs, send_types = [0] * size, [0] * size, [base] * size
+        for s in range(servers):
+            width = self.bounds[s + 1] - self.bounds[s]
+            if mine and width:
+                vector = base.Create_vector(mine, width, d).Commit()
+                self._types.append(vector)
+                send_counts[s], send_displs[s], send_types[s] = 1, self.bounds[s] * item, vector
+        recv_counts, recv_displs = [0] * size, [0] * size
+        self.width = self.bounds[rank + 1] - self.bounds[rank] if rank < servers else 0
+        if rank < servers:
+            offsets = np.concatenate([[0], np.cumsum(rows_per_rank)[:-1]])
+            recv_counts = [int(a) * self.width for a in rows_per_rank]
+            recv_displs = [int(o) * self.width * item for o in offsets]
+        self._send = (send_counts, send_displs, send_types)
+        self._recv = (recv_counts, recv_displs, [base] * size)
+        self.servers = list(range(servers))
+        self.sent = sum(mine * (self.bounds[s + 1] - self.bounds[s]) * item for s in range(servers) if s != rank)
+        self.received = sum(c for r, c in enumerate(recv_counts) if r != rank) * item
+
+    def exchange(self, block: np.ndarray, recv: np.ndarray | None, *, traffic: Traffic | None = None,
+                 category: str = "protocol") -> None:
+        """Send this rank's (rows, d) ``block``; fill ``recv`` (n, width) on a server rank. All ranks call it."""
+        comm = self.comm
+        received = [recv if recv is not None else np.empty(0, dtype=block.dtype), *self._recv]
+        args = ([block, *self._send], received)
+        if COLLECTIVES == "blocking":  # as _to_root, towards every server rank
+            rank, others = comm.Get_rank(), [r for r in range(comm.Get_size()) if r not in self.servers]
+            if rank in self.servers:
+                notes(comm, sources=others)
+                notes(comm, to=others, tag=_GO_TAG)
+            else:
+                notes(comm, to=self.servers)
+                notes(comm, sources=self.servers, tag=_GO_TAG)
+            comm.Alltoallw(*args)
+        else:
+            wait(comm.Ialltoallw(*args))
+        if traffic is not None:
+            traffic.count(category, sent=self.sent, received=self.received)
+
+    def free(self) -> None:
+        for dtype in self._types:
+            dtype.Free()
+        self._types = []
+
+
+def allgather_slices(comm: MPI.Comm, buf: np.ndarray, *, bounds: Sequence[int],
+                     traffic: Traffic | None = None, category: str = "protocol") -> None:
+    """Fill the flat ``buf`` on every rank from its slices: rank s < S holds ``buf[bounds[s]:bounds[s + 1]]``.
+
+    The sharded server's broadcast of the model (an in-place ``Allgatherv``
+    to which the other ranks contribute nothing). As in :func:`bcast`, the
+    ranks that only receive first wait, sleeping, for a one-byte note from
+    every slice's owner, then all enter the blocking collective. Counted as
+    the slice sent to every other rank, and what this rank lacked received.
+    """
+    servers = len(bounds) - 1
+    size, rank = comm.Get_size(), comm.Get_rank()
+    counts = [bounds[s + 1] - bounds[s] if s < servers else 0 for s in range(size)]
+    displs = [bounds[s] if s < servers else bounds[-1] for s in range(size)]
+    others = list(range(servers, size))
+    if rank < servers:
+        notes(comm, to=others)
+    else:
+        notes(comm, sources=list(range(servers)))
+    comm.Allgatherv(MPI.IN_PLACE, [buf, (counts, displs), from_numpy_dtype(buf.dtype)])
+    if traffic is not None:
+        item = buf.itemsize
+        mine = counts[rank] if rank < servers else 0
+        traffic.count(category, sent=mine * item * (size - 1), received=(bounds[-1] - mine) * item)
 
 
 class NeighbourExchange:

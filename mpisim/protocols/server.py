@@ -28,6 +28,20 @@ downlink is the vote: instead of step 1, the server broadcasts
 sign(sum of signs) packed one bit a coordinate after its step, and every
 agent rank applies the same step w <- Pi_W(w - eta_t vote) to its replica
 of the model, which therefore stays equal to the server's bit for bit.
+
+With ``server.ranks S > 1`` the server is ranks 0..S-1 and the agents start
+at rank S (the sharded server). Server rank s owns the coordinates
+[b_s, b_{s+1}) of the model and of every message (contiguous slices, as
+even as can be): step 1 is an ``Allgatherv`` from the S slices
+(:func:`mpisim.mpi.comm.allgather_slices`), step 4 one ``Alltoallw`` in
+which every agent rank sends each server rank its slice of its rows
+(:class:`mpisim.mpi.comm.ColumnSlices`, strided datatypes, no copy), and
+step 5 runs the rule on the (n, b_{s+1} - b_s) slice: coordinate-wise rules
+alone, the others with the whole-row sums they need (squared norms, Gram
+matrices) added over the server ranks by an ``Allreduce``
+(:class:`SliceSums`). Each server rank steps its slice; rank 0 gathers the
+slices to evaluate. Compressed uplinks and the vote need whole vectors and
+are refused with S > 1.
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import compression, seeding
+from .. import compression, config, seeding
 from ..config import ServerModeConfig, validate_server_mode
 from ..learning import projection, schedules
 from ..mpi import comm as mpi
@@ -54,8 +68,9 @@ SERVER = 0
 class ServerPlan:
     """Which rank hosts which agent, and which agents are faulty; the same on every rank."""
 
-    placement: Placement     # agents on ranks 1..
+    placement: Placement     # agents on ranks S..
     byzantine: tuple[int, ...]
+    servers: int = 1         # S: the server's ranks, 0..S-1
 
     @property
     def honest(self) -> tuple[int, ...]:
@@ -72,8 +87,9 @@ class ServerMode(driver.Protocol):
 
     @classmethod
     def plan(cls, cfg: ServerModeConfig) -> ServerPlan:
-        return ServerPlan(Placement(cfg.agents.n, cfg.agents.per_rank, first=1),
-                          driver.faulty_ids(cfg, cfg.agents.n))
+        servers = config.server_ranks(cfg)
+        return ServerPlan(Placement(cfg.agents.n, cfg.agents.per_rank, first=servers),
+                          driver.faulty_ids(cfg, cfg.agents.n), servers)
 
     @classmethod
     def run_name(cls, cfg: ServerModeConfig, plan: ServerPlan) -> list[str]:
@@ -83,18 +99,22 @@ class ServerMode(driver.Protocol):
 
     @classmethod
     def create(cls, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan) -> driver.Role:
-        rank = world.Get_rank()
-        # The agents' own communicator, for colluding faults. Every rank calls Split.
-        agents_comm = mpi.split(world, None if rank == SERVER else 1, key=rank)
-        if rank == SERVER:
-            return ServerRole(world, cfg, plan)
+        rank, servers = world.Get_rank(), plan.servers
+        # The agents' own communicator, for colluding faults, and the server ranks' one (sharded).
+        # Every rank calls Split.
+        agents_comm = mpi.split(world, None if rank < servers else 1, key=rank)
+        server_comm = mpi.split(world, 0 if rank < servers else None, key=rank) if servers > 1 else None
+        if rank < servers:
+            return ServerRole(world, cfg, plan, server_comm)
         return AgentHost(world, agents_comm, cfg, plan)
 
     @classmethod
     def headline(cls, s: dict) -> str:
         byz = s["byzantine_ids"]
-        return (f"mpisim server mode: {s['rounds']} rounds of {s['n']} agents on {s['world_size'] - 1} "
-                f"agent ranks, filter {s['aggregator']} (f={s['f']}), fault {s['fault']}"
+        servers = s.get("server_ranks", 1)
+        return (f"mpisim server mode: {s['rounds']} rounds of {s['n']} agents on {s['world_size'] - servers} "
+                f"agent ranks" + (f" and {servers} server ranks" if servers > 1 else "")
+                + f", filter {s['aggregator']} (f={s['f']}), fault {s['fault']}"
                 + (f" on agents {byz}" if byz else "")
                 + (f", uplink {s['codec']} ({s['payload_bytes']:,} bytes an agent)" if "codec" in s else ""))
 
@@ -116,27 +136,61 @@ def describe_final(final: dict, test_samples: int) -> str:
 # ---------------------------------------------------------------- server
 
 
+class SliceSums(aggregators.Sharding):
+    """The sharded server's whole-row sums: an ``Allreduce`` of float64 parts among the server ranks.
+
+    Every server rank calls :meth:`sum` with its slice's part at the same
+    point of the rule; MPI's sum is commutative, so every rank gets the same
+    total and takes the same decisions. ``bytes`` counts the parts reduced
+    (server-internal traffic, not in the metrics' protocol bytes).
+    """
+
+    def __init__(self, comm: mpi.Comm):
+        self.comm = comm
+        self.slices = comm.Get_size()
+        self.bytes = 0
+
+    def sum(self, part: torch.Tensor) -> torch.Tensor:
+        part = part.to(torch.float64).contiguous()
+        self.bytes += part.numel() * 8
+        return torch.from_numpy(mpi.allreduce_array(self.comm, part.numpy(), op="sum"))
+
+
 class ServerRole(driver.Role):
-    """Rank 0: broadcast, gather, filter, step; evaluate."""
+    """Rank 0 (ranks 0..S-1 when sharded): broadcast, gather, filter, step; evaluate."""
 
     role = "server"
     broadcasts = True  # the model goes out every round (the one-round algorithm sends nothing)
 
-    def __init__(self, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan):
+    def __init__(self, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan,
+                 server_comm: mpi.Comm | None = None):
         super().__init__()
         self.world, self.cfg, self.plan = world, cfg, plan
-        n = plan.placement.n
+        n, rank = plan.placement.n, world.Get_rank()
         self.problem = driver.load_problem(cfg, num_shards=n, train=False, test=True)
+        if rank != SERVER:  # only rank 0 evaluates
+            self.problem.x_test = self.problem.y_test = None
         self.headline = self.problem.task.headline
         model = self.problem.model
-        self.state = Server(model.flat, seeding.torch_generator(cfg.run.seed, seeding.SERVER),
+        self.server_comm = server_comm
+        self.sums = aggregators.WHOLE
+        own = model.flat
+        if server_comm is not None:  # sharded: this rank owns the coordinates [lo, hi)
+            self.bounds = mpi.slice_bounds(model.d, plan.servers)
+            lo, hi = self.bounds[rank], self.bounds[rank + 1]
+            own = model.flat[lo:hi]
+            self.sums = SliceSums(server_comm)
+            self.slices = mpi.ColumnSlices(world, d=model.d, rows_per_rank=plan.placement.counts(),
+                                           bounds=self.bounds)
+        self.state = Server(own, seeding.torch_generator(cfg.run.seed, seeding.SERVER),
                             n=n, averaging=cfg.aggregator.averaging)
-        self.received = np.empty((n, model.d), dtype=np.float32)  # reused every round
+        self.received = np.empty((n, own.numel()), dtype=np.float32)  # reused every round
         self.gradients = torch.from_numpy(self.received)
         self.nothing = np.empty((0, model.d), dtype=np.float32)
         agg = cfg.aggregator
         self.rule = aggregators.build(agg.name, f=agg.f, params=dict(agg.params), pre=agg.pre,
-                                      pre_params={k: dict(v) for k, v in agg.pre_params.items()})
+                                      pre_params={k: dict(v) for k, v in agg.pre_params.items()},
+                                      sharding=self.sums)
         self.step_size = self.step_sizes(cfg)
         self.counts = plan.placement.counts()
         self.uplink = uplink.ServerUplink(cfg, n, model.d) if uplink.active(cfg) else None
@@ -155,14 +209,26 @@ class ServerRole(driver.Role):
         optim = cfg.optim
         return schedules.build(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power)
 
+    @property
+    def sharded(self) -> bool:
+        return self.server_comm is not None
+
     def step(self, t: int) -> None:
         w, timer, traffic = self.state.model, self.timer, self.traffic
-        if self.broadcasts and not self.vote:
+        if self.sharded:
             with timer("bcast"):
-                mpi.bcast(self.world, w.numpy(), root=SERVER, traffic=traffic)
-        with timer("gather"):
-            mpi.gatherv_rows(self.world, self.nothing, self.received if self.uplink is None else
-                             self.uplink.received, rows_per_rank=self.counts, root=SERVER, traffic=traffic)
+                mpi.allgather_slices(self.world, self.problem.model.flat.numpy(), bounds=self.bounds,
+                                     traffic=traffic)
+            with timer("gather"):
+                self.slices.exchange(self.nothing, self.received, traffic=traffic)
+        else:
+            if self.broadcasts and not self.vote:
+                with timer("bcast"):
+                    mpi.bcast(self.world, w.numpy(), root=SERVER, traffic=traffic)
+            with timer("gather"):
+                mpi.gatherv_rows(self.world, self.nothing, self.received if self.uplink is None else
+                                 self.uplink.received, rows_per_rank=self.counts, root=SERVER,
+                                 traffic=traffic)
         if self.uplink is not None:
             with timer("decode"):
                 self.uplink.decode(self.gradients)
@@ -181,14 +247,19 @@ class ServerRole(driver.Role):
         Under error feedback the agents' messages already carry eta_t
         (Algorithm 3: w <- w - (1/m) sum of Q(p_i)), so the step is 1."""
         take_step(self.state.model, filtered, 1.0 if self.feedback else self.step_size(t - 1),
-                  self.cfg.optim.project_radius)
+                  self.cfg.optim.project_radius, total=self.sums.sum if self.sharded else None)
 
-    def evaluate(self) -> dict:
+    def evaluate(self) -> dict | None:
         with self.timer("eval"):
+            if self.sharded:  # rank 0 needs every slice of this round's model (not counted as traffic)
+                mpi.allgather_slices(self.server_comm, self.problem.model.flat.numpy(), bounds=self.bounds)
+                if self.world.Get_rank() != SERVER:
+                    return None
             return self.problem.evaluate()
 
     def final_arrays(self) -> dict[str, np.ndarray]:
-        return {"model": self.state.model.numpy()}
+        # The last round is always evaluated, so rank 0's model is whole.
+        return {"model": self.problem.model.flat.numpy()} if self.world.Get_rank() == SERVER else {}
 
     def summary(self, final: dict, diverged: bool) -> dict:
         cfg, plan = self.cfg, self.plan
@@ -197,6 +268,8 @@ class ServerRole(driver.Role):
                 "aggregator": cfg.aggregator.name, "f": cfg.aggregator.f,
                 "fault": cfg.byzantine.fault if plan.byzantine else "none",
                 "test_samples": len(self.problem.y_test), "server_phases": self.timer.totals,
+                **({} if not self.sharded else {"server_ranks": plan.servers, "server_slices": self.bounds,
+                                                "server_reduce_bytes": self.sums.bytes}),
                 **({} if self.uplink is None else {"codec": self.uplink.codec.name,
                                                    "payload_bytes": self.uplink.received.shape[1]})}
 
@@ -225,10 +298,11 @@ class ServerRole(driver.Role):
         self.state.load_state_dict(state["server"])
 
 
-def take_step(w: torch.Tensor, direction: torch.Tensor, step: float, radius: float) -> None:
-    """w <- Pi_W(w - step * direction), in place (the server's step, and the vote replicas' step)."""
+def take_step(w: torch.Tensor, direction: torch.Tensor, step: float, radius: float, total=None) -> None:
+    """w <- Pi_W(w - step * direction), in place (the server's step, and the vote replicas' step);
+    ``total`` sums squared norms over the slices when w is one slice of the model."""
     w.sub_(direction, alpha=step)
-    projection.project_ball_(w, radius)
+    projection.project_ball_(w, radius, total)
 
 
 # ---------------------------------------------------------------- agents
@@ -324,6 +398,9 @@ class AgentHost(driver.Role):
         self.uplink = (uplink.AgentUplink(cfg, list(self.agents.values()), self.model.d,
                                           step_size=self.step_size) if compressed else None)
         self.ballot = np.empty(-(-self.model.d // 8), dtype=np.uint8) if self.vote else None
+        self.bounds = mpi.slice_bounds(self.model.d, plan.servers) if plan.servers > 1 else None
+        self.slices = (mpi.ColumnSlices(world, d=self.model.d, rows_per_rank=self.counts, bounds=self.bounds)
+                       if self.bounds else None)
 
     def _batches(self, whole: bool = False) -> list:
         """Every hosted agent's batch (its whole shard if ``whole``), labels corrupted for
@@ -354,7 +431,10 @@ class AgentHost(driver.Role):
 
     def step(self, t: int) -> None:
         timer, traffic = self.timer, self.traffic
-        if self.broadcasts and not self.vote:
+        if self.slices is not None:
+            with timer("bcast"):
+                mpi.allgather_slices(self.world, self.model.flat.numpy(), bounds=self.bounds, traffic=traffic)
+        elif self.broadcasts and not self.vote:
             with timer("bcast"):
                 mpi.bcast(self.world, self.model.flat.numpy(), root=SERVER, traffic=traffic)
         with timer("compute"):
@@ -366,7 +446,11 @@ class AgentHost(driver.Role):
             with timer("encode"):
                 send = self.uplink.encode(self.send_rows, t)
         with timer("gather"):
-            mpi.gatherv_rows(self.world, send, None, rows_per_rank=self.counts, root=SERVER, traffic=traffic)
+            if self.slices is not None:
+                self.slices.exchange(send, None, traffic=traffic)
+            else:
+                mpi.gatherv_rows(self.world, send, None, rows_per_rank=self.counts, root=SERVER,
+                                 traffic=traffic)
         if self.vote:
             with timer("bcast"):
                 mpi.bcast(self.world, self.ballot, root=SERVER, traffic=traffic)

@@ -68,6 +68,8 @@ __all__ = [
     "check_pipeline",
     "param_defaults",
     "build",
+    "Sharding",
+    "WHOLE",
     # rules
     "mean",
     "cge",
@@ -95,6 +97,37 @@ Tensor = torch.Tensor
 REGISTRY: dict[str, Callable[..., Tensor]] = {}
 #: config name -> step ``pre(x, *, f, rng, **params) -> (x2, f2)``.
 PRE_REGISTRY: dict[str, Callable[..., tuple[Tensor, int]]] = {}
+
+
+# --------------------------------------------------------------------------
+# Where the columns live
+# --------------------------------------------------------------------------
+
+class Sharding:
+    """Where the columns of a rule's block live: all of them here (:data:`WHOLE`, the default),
+    or one contiguous slice on each of several ranks (the sharded server, ``server.ranks``).
+
+    A rule that needs a quantity of whole rows (squared norms, a Gram matrix, a count of
+    non-finite rows) computes its slice's part and passes it to :meth:`sum`, which returns the
+    sum of every slice's part, the same on every rank; with one slice that is the part itself.
+    Everything else a rule does is per column, or a combination of rows with weights that
+    every slice derives alike from those sums, so a sharded rule returns its slice of the
+    unsharded output: bit for bit for the coordinate-wise rules, to float rounding for the
+    others (their sums are added in another order).
+    """
+
+    slices = 1
+
+    def sum(self, part: Tensor) -> Tensor:
+        """The float64 ``part`` summed over the slices (here: one slice, itself)."""
+        return part
+
+
+WHOLE = Sharding()
+
+
+def _takes_sharding(fn: Callable) -> bool:
+    return "sharding" in inspect.signature(fn).parameters
 
 
 # --------------------------------------------------------------------------
@@ -214,7 +247,8 @@ def register(name: str, *, check: Callable[..., str | None],
     validators = dict(validators or {})
 
     def deco(impl: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        defaults = _keyword_defaults(impl, skip=("f",))
+        defaults = _keyword_defaults(impl, skip=("f", "sharding"))
+        whole_rows = _takes_sharding(impl)  # coordinate-wise rules never need the other slices
 
         def check_fn(n: int, f: int, **params) -> str | None:
             return (_param_problems(name, defaults, validators, params)
@@ -222,12 +256,13 @@ def register(name: str, *, check: Callable[..., str | None],
                     or check(n, f, **{**defaults, **params}))
 
         @functools.wraps(impl)
-        def rule(x: Tensor, *, f: int, **params) -> Tensor:
+        def rule(x: Tensor, *, f: int, sharding: Sharding = WHOLE, **params) -> Tensor:
             x = _as_matrix(name, x)
             msg = check_fn(x.shape[0], f, **params)
             if msg:
                 raise ValueError(msg)
-            return impl(x, f=f, **{**defaults, **params})
+            where = {"sharding": sharding} if whole_rows else {}
+            return impl(x, f=f, **where, **{**defaults, **params})
 
         rule.check = check_fn
         rule.defaults = dict(defaults)
@@ -248,7 +283,8 @@ def register_pre(name: str, *, check: Callable[..., str | None],
     validators = dict(validators or {})
 
     def deco(impl):
-        defaults = _keyword_defaults(impl, skip=("f", "rng"))
+        defaults = _keyword_defaults(impl, skip=("f", "rng", "sharding"))
+        whole_rows = _takes_sharding(impl)
 
         def check_fn(n: int, f: int, **params) -> str | None:
             return (_param_problems(name, defaults, validators, params)
@@ -257,12 +293,13 @@ def register_pre(name: str, *, check: Callable[..., str | None],
 
         @functools.wraps(impl)
         def step(x: Tensor, *, f: int, rng: torch.Generator | None = None,
-                 **params) -> tuple[Tensor, int]:
+                 sharding: Sharding = WHOLE, **params) -> tuple[Tensor, int]:
             x = _as_matrix(name, x)
             msg = check_fn(x.shape[0], f, **params)
             if msg:
                 raise ValueError(msg)
-            return impl(x, f=f, rng=rng, **{**defaults, **params})
+            where = {"sharding": sharding} if whole_rows else {}
+            return impl(x, f=f, rng=rng, **where, **{**defaults, **params})
 
         step.check = check_fn
         step.out = lambda n, f, **params: out(n, f, **{**defaults, **params})
@@ -313,20 +350,21 @@ def _count_of_fraction(beta: float, n: int, rounding: str) -> int:
 # Row helpers: norms, weighted sums, float64 Gram matrix
 # --------------------------------------------------------------------------
 
-def _row_norms(x: Tensor) -> Tensor:
-    """Euclidean norm of every row as float64; +inf for rows with NaN/inf.
+def _row_norms(x: Tensor, sharding: Sharding = WHOLE) -> Tensor:
+    """Euclidean norm of every (whole) row as float64; +inf for rows with NaN/inf.
 
     A float32 norm squares in float32 and overflows for entries beyond about
     1e19 (and underflows below 1e-19), so rows whose float32 norm is not a
     normal-range number are recomputed in float64; the common case costs one
-    float32 pass.
+    float32 pass. Sharded, the slices' squared norms are summed in float64.
     """
     fast = torch.linalg.vector_norm(x, dim=1).to(torch.float64)
     suspect = ~torch.isfinite(fast) | (fast < 1e-18)
     if bool(suspect.any()):
         idx = suspect.nonzero().flatten()
         fast[idx] = torch.linalg.vector_norm(x[idx], dim=1, dtype=torch.float64)
-    return fast.masked_fill_(torch.isnan(fast), math.inf)
+    fast.masked_fill_(torch.isnan(fast), math.inf)
+    return fast if sharding.slices == 1 else sharding.sum(fast.square_()).sqrt_()
 
 
 def _combine(x: Tensor, w: Tensor, ok: Tensor) -> Tensor:
@@ -346,7 +384,8 @@ def _combine(x: Tensor, w: Tensor, ok: Tensor) -> Tensor:
     return w[idx] @ x.index_select(0, idx)
 
 
-def _gram64(x: Tensor, rows: Tensor, norms: Tensor) -> tuple[Tensor, Tensor, float]:
+def _gram64(x: Tensor, rows: Tensor, norms: Tensor,
+            sharding: Sharding = WHOLE) -> tuple[Tensor, Tensor, float]:
     """Float64 Gram matrix of the rows ``rows`` of x, centred at one of them.
 
     The centre c is the selected row with the median norm. Centring keeps the
@@ -358,7 +397,8 @@ def _gram64(x: Tensor, rows: Tensor, norms: Tensor) -> tuple[Tensor, Tensor, flo
     Returns (G, h, cc) with G[i, j] = <x_i - c, x_j - c>, h[i] = <c, x_i - c>
     and cc = <c, c>, i.e. enough to express any affine combination of rows.
     The float64 copy is made one column chunk at a time (about 16 MB), so the
-    extra memory does not grow with d.
+    extra memory does not grow with d. Sharded, the centre is the same row on every slice
+    (``norms`` are whole-row norms), and G, h and cc are the sums of the slices' parts.
     """
     xs = x.index_select(0, rows) if rows.numel() < x.shape[0] else x
     m, d = xs.shape
@@ -379,10 +419,13 @@ def _gram64(x: Tensor, rows: Tensor, norms: Tensor) -> tuple[Tensor, Tensor, flo
         G.addmm_(b, b.T)
         h.add_(b @ cb)
         cc += float(cb @ cb)
+    if sharding.slices > 1:
+        total = sharding.sum(torch.cat([G.flatten(), h, torch.tensor([cc], dtype=torch.float64)]))
+        G, h, cc = total[:m * m].reshape(m, m), total[m * m:-1], float(total[-1])
     return G, h, cc
 
 
-def _pairwise_sq_dists(x: Tensor, norms: Tensor) -> Tensor:
+def _pairwise_sq_dists(x: Tensor, norms: Tensor, sharding: Sharding = WHOLE) -> Tensor:
     """(n, n) float64 squared distances; +inf wherever a row is non-finite
     (also on the diagonal of such rows); the other diagonal entries are 0."""
     n = x.shape[0]
@@ -390,9 +433,13 @@ def _pairwise_sq_dists(x: Tensor, norms: Tensor) -> Tensor:
     D = torch.full((n, n), math.inf, dtype=torch.float64)
     rows = ok.nonzero().flatten()
     if rows.numel():
-        G, _, _ = _gram64(x, rows, norms)
+        G, _, _ = _gram64(x, rows, norms, sharding)
         diag = G.diagonal()
         sub = (diag[:, None] + diag[None, :] - 2.0 * G).clamp_min_(0.0)
+        # Exactly symmetric: a product's rounding may differ between G_ij and G_ji, and then
+        # an exact tie (Bulyan's last picks score both rows by their one distance) would go
+        # to whichever side rounded lower instead of to the lower index.
+        sub = sub.add_(sub.T.clone()).mul_(0.5)
         sub.fill_diagonal_(0.0)
         D[rows[:, None], rows[None, :]] = sub
     return D
@@ -680,14 +727,32 @@ def mean(x: Tensor, *, f: int) -> Tensor:
     (eq 3) SUMS the n gradients; this returns their average, so it matches
     every other rule here except ``cge``. f is accepted and ignored (any
     f >= 0): this is the non-robust baseline, and a single NaN or huge row
-    passes straight through.
+    passes straight through. The rows are added in a fixed order, one after
+    another within groups of 32 and then the groups' sums (numpy's reduction
+    along axis 0), so every column's sum is the same whatever block of
+    columns it is computed in (torch's ``mean(dim=0)`` is not: the sharded
+    server's slices would differ from one block in the last bit), with an
+    error that grows as n / 32 + 32 rather than n.
     """
-    return x.mean(dim=0)
+    xn = x.numpy()
+    n = xn.shape[0]
+    if n <= _MEAN_GROUP:
+        total = np.add.reduce(xn, axis=0)
+    else:
+        starts = range(0, n, _MEAN_GROUP)
+        groups = np.empty((len(starts), xn.shape[1]), dtype=xn.dtype)
+        for g, i in enumerate(starts):
+            np.add.reduce(xn[i:i + _MEAN_GROUP], axis=0, out=groups[g])
+        total = np.add.reduce(groups, axis=0)
+    return torch.from_numpy(total).div_(n)
+
+
+_MEAN_GROUP = 32  # rows summed in order before the groups' sums are added
 
 
 @register("cge", check=_needs_honest_majority("cge"),
           validators={"reduce": _v_choice("sum", "mean")})
-def cge(x: Tensor, *, f: int, reduce: str = "sum") -> Tensor:
+def cge(x: Tensor, *, f: int, reduce: str = "sum", sharding: Sharding = WHOLE) -> Tensor:
     """Comparative gradient elimination: keep the n - f smallest-norm rows.
 
     x: (n, d) -> (d,). Rows are ordered by Euclidean norm; the f with the
@@ -698,7 +763,7 @@ def cge(x: Tensor, *, f: int, reduce: str = "sum") -> Tensor:
     are float64 where float32 would overflow. Needs n > 2f.
     """
     n = x.shape[0]
-    norms = _row_norms(x)
+    norms = _row_norms(x, sharding)
     kept = torch.sort(norms, stable=True).indices[: n - f]
     w = torch.zeros(n, dtype=torch.float64)
     w[kept] = 1.0 if reduce == "sum" else 1.0 / (n - f)
@@ -764,7 +829,8 @@ def _mom_check(n, f, groups, **_):
 _GEOMED_VALIDATORS = {"tol": _v_positive, "max_iter": _v_int(1), "eps": _v_positive}
 
 
-def _geometric_median(x: Tensor, tol: float, max_iter: int, eps: float) -> Tensor:
+def _geometric_median(x: Tensor, tol: float, max_iter: int, eps: float,
+                      sharding: Sharding = WHOLE) -> Tensor:
     """Weiszfeld's iteration, run on the Gram matrix of the rows.
 
     The estimate is kept as y = sum_j a_j x_j with sum_j a_j = 1, so its
@@ -773,12 +839,12 @@ def _geometric_median(x: Tensor, tol: float, max_iter: int, eps: float) -> Tenso
     combination touch the d coordinates. Many steps are therefore cheap.
     """
     n, d = x.shape
-    norms = _row_norms(x)
+    norms = _row_norms(x, sharding)
     rows = torch.isfinite(norms).nonzero().flatten()
     m = rows.numel()
     if m == 0:
         return torch.full((d,), math.nan, dtype=x.dtype)
-    G, h, cc = _gram64(x, rows, norms)
+    G, h, cc = _gram64(x, rows, norms, sharding)
     diag = G.diagonal()
     pair = (diag[:, None] + diag[None, :] - 2.0 * G).clamp_min(0.0).sqrt()
     if m > 1:
@@ -816,7 +882,7 @@ def _geometric_median(x: Tensor, tol: float, max_iter: int, eps: float) -> Tenso
 
 @register("geomed", check=_needs_honest_majority("geomed"), validators=_GEOMED_VALIDATORS)
 def geomed(x: Tensor, *, f: int, tol: float = 1e-7, max_iter: int = 1000,
-           eps: float = 1e-10) -> Tensor:
+           eps: float = 1e-10, sharding: Sharding = WHOLE) -> Tensor:
     """Geometric median: the point minimising the sum of distances to the rows.
 
     x: (n, d) -> (d,). argmin_y sum_j ||y - x_j|| (CGE paper, Section 3.2,
@@ -839,13 +905,13 @@ def geomed(x: Tensor, *, f: int, tol: float = 1e-7, max_iter: int = 1000,
     Distances come from a float64 Gram matrix of the centred rows.
     Output: average scale. Breakdown point 1/2: needs n > 2f.
     """
-    return _geometric_median(x, tol, max_iter, eps)
+    return _geometric_median(x, tol, max_iter, eps, sharding)
 
 
 @register("mom", check=_mom_check,
           validators={"groups": _v_int(1, allow_none=True), **_GEOMED_VALIDATORS})
 def mom(x: Tensor, *, f: int, groups: int | None = None, tol: float = 1e-7,
-        max_iter: int = 1000, eps: float = 1e-10) -> Tensor:
+        max_iter: int = 1000, eps: float = 1e-10, sharding: Sharding = WHOLE) -> Tensor:
     """Geometric median of means.
 
     x: (n, d) -> (d,). The agents are split a priori into l = ``groups``
@@ -861,7 +927,7 @@ def mom(x: Tensor, *, f: int, groups: int | None = None, tol: float = 1e-7,
     n, d = x.shape
     l = _mom_groups(n, f, groups)
     means = x.reshape(l, n // l, d).mean(dim=1)
-    return _geometric_median(means, tol, max_iter, eps)
+    return _geometric_median(means, tol, max_iter, eps, sharding)
 
 
 def _krum_neighbours(r: int, f: int, neighbours: str) -> int:
@@ -891,7 +957,8 @@ def _krum_scores(D: Tensor, k: int) -> Tensor:
 @register("multikrum", check=_krum_check("multikrum"),
           validators={"m": _v_int(1, allow_none=True),
                       "neighbours": _v_choice("n-f-2", "n-f-1")})
-def multikrum(x: Tensor, *, f: int, m: int | None = None, neighbours: str = "n-f-2") -> Tensor:
+def multikrum(x: Tensor, *, f: int, m: int | None = None, neighbours: str = "n-f-2",
+              sharding: Sharding = WHOLE) -> Tensor:
     """Multi-Krum: average the m rows with the smallest Krum scores.
 
     x: (n, d) -> (d,). The Krum score of a row is the sum of its squared
@@ -911,8 +978,8 @@ def multikrum(x: Tensor, *, f: int, m: int | None = None, neighbours: str = "n-f
     """
     n = x.shape[0]
     m = n - f if m is None else m
-    norms = _row_norms(x)
-    scores = _krum_scores(_pairwise_sq_dists(x, norms), _krum_neighbours(n, f, neighbours))
+    norms = _row_norms(x, sharding)
+    scores = _krum_scores(_pairwise_sq_dists(x, norms, sharding), _krum_neighbours(n, f, neighbours))
     chosen = torch.sort(scores, stable=True).indices[:m]
     w = torch.zeros(n, dtype=torch.float64)
     w[chosen] = 1.0 / m
@@ -921,14 +988,14 @@ def multikrum(x: Tensor, *, f: int, m: int | None = None, neighbours: str = "n-f
 
 @register("krum", check=_krum_check("krum"),
           validators={"neighbours": _v_choice("n-f-2", "n-f-1")})
-def krum(x: Tensor, *, f: int, neighbours: str = "n-f-2") -> Tensor:
+def krum(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding = WHOLE) -> Tensor:
     """Krum: the row with the smallest Krum score (multikrum with m = 1).
 
     x: (n, d) -> (d,), one of the rows. Score and ``neighbours``: see
     ``multikrum`` (Blanchard et al. 2017, k = n - f - 2 by default; BRSGD
     paper, Section 2.2). Needs n > 2f + 2 (n > 2f + 1 with 'n-f-1').
     """
-    return multikrum.__wrapped__(x, f=f, m=1, neighbours=neighbours)
+    return multikrum.__wrapped__(x, f=f, m=1, neighbours=neighbours, sharding=sharding)
 
 
 # --------------------------------------------------------------------------
@@ -970,7 +1037,7 @@ def _bulyan_check(n, f, neighbours):
 
 @register("bulyan", check=_bulyan_check,
           validators={"neighbours": _v_choice("n-f-2", "n-f-1")})
-def bulyan(x: Tensor, *, f: int, neighbours: str = "n-f-2") -> Tensor:
+def bulyan(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding = WHOLE) -> Tensor:
     """Bulyan over Krum (El Mhamdi, Guerraoui, Rouault 2018).
 
     x: (n, d) -> (d,). Stage 1: pick theta = n - 2f rows one at a time, each
@@ -987,7 +1054,7 @@ def bulyan(x: Tensor, *, f: int, neighbours: str = "n-f-2") -> Tensor:
     """
     n = x.shape[0]
     theta = n - 2 * f
-    D = _pairwise_sq_dists(x, _row_norms(x))
+    D = _pairwise_sq_dists(x, _row_norms(x, sharding), sharding)
     D.fill_diagonal_(math.inf)
     remaining = list(range(n))
     picked = []
@@ -1013,7 +1080,8 @@ def bulyan(x: Tensor, *, f: int, neighbours: str = "n-f-2") -> Tensor:
 @register("norm_threshold", check=lambda n, f, beta: (
     _needs_honest_majority("norm_threshold")(n, f) if beta is None else None),
     validators={"beta": _v_fraction_below_half})
-def norm_threshold(x: Tensor, *, f: int, beta: float | None = None) -> Tensor:
+def norm_threshold(x: Tensor, *, f: int, beta: float | None = None,
+                   sharding: Sharding = WHOLE) -> Tensor:
     """Norm thresholding: drop the beta fraction of largest-norm rows, average the rest.
 
     x: (n, d) -> (d,). Rows are sorted by Euclidean norm; the ceil(beta * n)
@@ -1031,11 +1099,12 @@ def norm_threshold(x: Tensor, *, f: int, beta: float | None = None) -> Tensor:
     are dropped and robustness is the caller's choice. NaN/inf rows have
     norm +inf and go first.
     """
-    norms = _row_norms(x)
+    norms = _row_norms(x, sharding)
     return _average_smallest(x, norms, torch.isfinite(norms), f=f, beta=beta)
 
 
-def threshold_on_norms(x: Tensor, norms: Tensor, *, f: int, beta: float | None = None) -> Tensor:
+def threshold_on_norms(x: Tensor, norms: Tensor, *, f: int, beta: float | None = None,
+                       sharding: Sharding = WHOLE) -> Tensor:
     """:func:`norm_threshold` with the norms given: average the rows of the (1 - beta) n smallest.
 
     x: (n, d), norms: (n,) -> (d,). Ghosh et al.'s Algorithm 1 sorts the
@@ -1045,7 +1114,8 @@ def threshold_on_norms(x: Tensor, norms: Tensor, *, f: int, beta: float | None =
     :func:`norm_threshold`; ties keep the lower index; NaN norms count as +inf.
     """
     norms = norms.to(torch.float64).masked_fill(torch.isnan(norms), math.inf)
-    return _average_smallest(x, norms, torch.isfinite(x).all(dim=1), f=f, beta=beta)
+    bad = sharding.sum((~torch.isfinite(x).all(dim=1)).to(torch.float64))  # in any slice
+    return _average_smallest(x, norms, bad == 0, f=f, beta=beta)
 
 
 def _average_smallest(x: Tensor, norms: Tensor, ok: Tensor, *, f: int, beta: float | None) -> Tensor:
@@ -1082,7 +1152,7 @@ def majority_vote(x: Tensor, *, f: int) -> Tensor:
 @register("cc", check=_needs_honest_majority("cc"),
           validators={"tau": _v_positive, "iters": _v_int(1), "center": _v_center})
 def cc(x: Tensor, *, f: int, tau: float = 10.0, iters: int = 1,
-       center: Any = None) -> Tensor:
+       center: Any = None, sharding: Sharding = WHOLE) -> Tensor:
     """Centered clipping (Karimireddy, He, Jaggi 2021).
 
     x: (n, d) -> (d,). Starting from a reference point v, repeat ``iters``
@@ -1112,7 +1182,7 @@ def cc(x: Tensor, *, f: int, tau: float = 10.0, iters: int = 1,
         v = _median_columns(x)
     for _ in range(iters):
         diff = x - v
-        r = _row_norms(diff)
+        r = _row_norms(diff, sharding)
         scale = torch.where(r > tau, tau / r, torch.ones_like(r))
         scale = torch.where(torch.isfinite(r), scale, torch.zeros_like(r))
         v = v + _combine(diff, scale / n, torch.isfinite(r))
@@ -1124,7 +1194,8 @@ def cc(x: Tensor, *, f: int, tau: float = 10.0, iters: int = 1,
 # --------------------------------------------------------------------------
 
 @register_pre("nnm", check=_needs_honest_majority("nnm"), out=lambda n, f: (n, f))
-def nnm(x: Tensor, *, f: int, rng: torch.Generator | None = None) -> tuple[Tensor, int]:
+def nnm(x: Tensor, *, f: int, rng: torch.Generator | None = None,
+        sharding: Sharding = WHOLE) -> tuple[Tensor, int]:
     """Nearest-neighbour mixing (Allouah et al. 2023, "Fixing by Mixing").
 
     x: (n, d) -> ((n, d), f). Each row is replaced by the average of its
@@ -1137,8 +1208,8 @@ def nnm(x: Tensor, *, f: int, rng: torch.Generator | None = None) -> tuple[Tenso
     unused. Needs n > 2f.
     """
     n = x.shape[0]
-    norms = _row_norms(x)
-    D = _pairwise_sq_dists(x, norms)
+    norms = _row_norms(x, sharding)
+    D = _pairwise_sq_dists(x, norms, sharding)
     bad = ~torch.isfinite(norms)
     # A row is always its own nearest neighbour (distance 0), bad rows too.
     D.fill_diagonal_(0.0)
@@ -1232,13 +1303,15 @@ def check_pipeline(name: str, n: int, f: int, params: Mapping[str, Any] | None =
 
 
 def build(name: str, *, f: int, params: Mapping[str, Any] | None = None,
-          pre: Sequence[str] = (), pre_params: Mapping[str, Mapping] | None = None
-          ) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+          pre: Sequence[str] = (), pre_params: Mapping[str, Mapping] | None = None,
+          sharding: Sharding = WHOLE) -> Callable[[Tensor, torch.Generator | None], Tensor]:
     """The aggregator ``agg(x, rng=None) -> (d,)``: steps ``pre`` then rule ``name``.
 
     Names and parameters are validated now (``ValueError``); bounds that
     depend on n are checked with :func:`check_pipeline` on every call.
-    ``rng`` is passed to every step (bucketing needs one).
+    ``rng`` is passed to every step (bucketing needs one; sharded, every
+    slice's rank holds the same generator, so all draw the same shuffle).
+    ``sharding``: x is this rank's slice of the columns (see :class:`Sharding`).
     """
     params = dict(params or {})
     if isinstance(pre, str):
@@ -1269,8 +1342,8 @@ def build(name: str, *, f: int, params: Mapping[str, Any] | None = None,
             raise ValueError(msg)
         f_now = f
         for step, p in steps:
-            x, f_now = step(x, f=f_now, rng=rng, **p)
-        return rule(x, f=f_now, **params)
+            x, f_now = step(x, f=f_now, rng=rng, sharding=sharding, **p)
+        return rule(x, f=f_now, sharding=sharding, **params)
 
     aggregate.__name__ = "+".join(pre + (name,))
     aggregate.__doc__ = f"Pipeline {' -> '.join(pre + (name,))} with f={f}."

@@ -87,3 +87,42 @@ def test_split_leaves_out_ranks_without_colour(world):
         total = sub.allreduce(world.rank)
         assert total == sum(range(1, world.size))
         sub.Free()
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_column_slices_reach_their_server_ranks_in_rank_order(world, servers):
+    d = 11  # slices of 6 and 5 columns with two server ranks
+    counts = [0] * servers + [r for r in range(1, world.size - servers + 1)]
+    bounds = mpi.slice_bounds(d, servers)
+    mine = rows_of(world.rank, d)[:counts[world.rank]]
+    slices = mpi.ColumnSlices(world, d=d, rows_per_rank=counts, bounds=bounds)
+    out = None
+    if world.rank < servers:
+        out = np.full((sum(counts), bounds[world.rank + 1] - bounds[world.rank]), -1, dtype=np.float32)
+    traffic = mpi.Traffic()
+
+    slices.exchange(mine, out, traffic=traffic)
+    slices.free()
+
+    if world.rank < servers:
+        every = np.concatenate([rows_of(r, d)[:counts[r]] for r in range(world.size)])
+        np.testing.assert_array_equal(out, every[:, bounds[world.rank]:bounds[world.rank + 1]])
+        assert traffic.received["protocol"] == out.nbytes
+    else:
+        assert traffic.sent["protocol"] == mine.nbytes
+
+
+def test_allgather_slices_gives_every_rank_the_whole_vector(world):
+    d, servers = 10, 3
+    bounds = mpi.slice_bounds(d, servers)
+    assert bounds == [0, 4, 7, 10]
+    buf = np.zeros(d, dtype=np.float32)
+    if world.rank < servers:
+        buf[bounds[world.rank]:bounds[world.rank + 1]] = np.arange(d)[bounds[world.rank]:bounds[world.rank + 1]]
+    traffic = mpi.Traffic()
+
+    mpi.allgather_slices(world, buf, bounds=bounds, traffic=traffic)
+
+    np.testing.assert_array_equal(buf, np.arange(d, dtype=np.float32))
+    if world.rank >= servers:
+        assert traffic.received["protocol"] == 4 * d
