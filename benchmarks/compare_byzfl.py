@@ -42,7 +42,7 @@ from common import machine, markdown_table, save_json
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mpisim.rules import aggregators as A  # noqa: E402
 
-SIZES = [(n, d) for n in (10, 50, 100) for d in (10_000, 431_080, 1_000_000)]
+GRID_N, GRID_D = (10, 50, 100), (10_000, 431_080, 1_000_000)
 
 
 def load_byzfl(root: Path, deps: Path | None):
@@ -77,22 +77,25 @@ def main() -> None:
     parser.add_argument("--deps", type=Path, default=None, help="directory with scipy (pip --target)")
     parser.add_argument("--rounds", type=int, default=5, help="alternated calls of each per size")
     parser.add_argument("--rules", default="cwtm,median,meamed,krum")
+    parser.add_argument("--n", default=",".join(map(str, GRID_N)), help="row counts (default: the grid's)")
     args = parser.parse_args()
     B = load_byzfl(args.byzfl, args.deps)
     torch.set_num_threads(1)
     wanted = args.rules.split(",")
     rows = []
-    for n, d in SIZES:
+    for n, d in [(n, d) for n in map(int, args.n.split(",")) for d in GRID_D]:
         x = torch.randn(n, d, generator=torch.Generator().manual_seed(n * 1_000_003 + d))
         xn = x.numpy()
         f = (n - 1) // 4
         calls = pairs(B, f)
         for rule in wanted:
             ours, theirs = calls[rule]
-            # The same result first (the midpoint/lower-median difference aside).
-            if rule != "median" or n % 2:
-                got, ref = ours(x), torch.as_tensor(np.asarray(theirs(xn)), dtype=torch.float32)
-                assert torch.allclose(got, ref, rtol=1e-4, atol=1e-5), (rule, n, d)
+            # The same result first: every column but those where an exact tie between two values
+            # equally far from the median is broken another way (meamed; about 1 in 10^6).
+            got, ref = ours(x), torch.as_tensor(np.asarray(theirs(xn)), dtype=torch.float32)
+            differ = int((~torch.isclose(got, ref, rtol=1e-4, atol=1e-5)).sum())
+            if differ > d // 10**5:
+                raise SystemExit(f"{rule} at n={n}, d={d}: {differ} columns differ from ByzFL's")
             for fn, arg in ((ours, x), (theirs, x), (theirs, xn)):
                 fn(arg)  # warm-up
             times = {"ours": [], "byzfl_torch": [], "byzfl_numpy": [], "pass": []}
@@ -119,7 +122,7 @@ def main() -> None:
     path = save_json("byzfl_comparison.json", {
         "benchmark": "coordinate-wise rules and krum against ByzFL 0.0.11, one thread",
         "command": "python benchmarks/compare_byzfl.py --byzfl DIR --deps DIR "
-                   f"--rounds {args.rounds} --rules {args.rules}",
+                   f"--rounds {args.rounds} --rules {args.rules} --n {args.n}",
         "machine": {**machine(), "load_average": os.getloadavg()}, "results": rows, "table": table})
     print(f"saved {path}")
 
