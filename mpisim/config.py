@@ -185,6 +185,8 @@ class ServerConfig:
     ranks: int = _opt(1, "ranks of the parameter server (ranks 0..S-1), each owning a contiguous slice of "
                          "d / S coordinates of the model and of every agent's message; the agents start "
                          "at rank S")
+    threads: int = _opt(2, "threads of each server rank's coordinate-wise filter, over chunks of columns "
+                           "(the agents wait while it runs); every count gives the same model")
 
 
 @dataclass(frozen=True)
@@ -883,6 +885,8 @@ def _validate_server_and_agents(cfg, world_size: int | None) -> None:
     n = cfg.agents.n
     servers = server_ranks(cfg)
     require(servers >= 1, "server.ranks", f"must be >= 1, got {servers}")
+    threads = getattr(getattr(cfg, "server", None), "threads", 1)
+    require(threads >= 1, "server.threads", f"must be >= 1, got {threads}")
     _validate_run_of(cfg, world_size, section="agents", servers=servers, least=1)
 
     agg = cfg.aggregator

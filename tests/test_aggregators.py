@@ -514,3 +514,17 @@ def test_bucketing_pipeline_checks_n_and_f_after_each_step():
         A.build("cwtm", f=3, pre=["bucketing"])(x, torch.Generator().manual_seed(1))
     with pytest.raises(ValueError, match="unknown parameter"):
         A.build("cwtm", f=1, params={"beta": 0.1})
+
+
+@pytest.mark.parametrize("name", ["cwtm", "median", "meamed", "trimmed_mean"])
+@pytest.mark.parametrize("n", [10, 60])  # the sorting network and the row sort
+def test_threads_over_column_chunks_give_the_same_result_bit_for_bit(name, n):
+    x = torch.randn(n, 250_001, generator=torch.Generator().manual_seed(n))  # above _THREADED_MIN
+    x[3, 17] = float("nan")
+    one = A.REGISTRY[name](x, f=2)
+    try:
+        A.set_threads(3)
+        three = A.REGISTRY[name](x, f=2)
+    finally:
+        A.set_threads(1)
+    assert torch.equal(one, three)

@@ -115,6 +115,7 @@ def test_a_sharded_server_takes_its_ranks_before_the_agents():
     (["--compression.codec", "qsgd", "--compression.faulty_norm", "-1"], 11, "compression.faulty_norm", ">= 0"),
     # [server]: the sharded server
     (["--server.ranks", "0"], 11, "server.ranks", ">= 1"),
+    (["--server.threads", "0"], 11, "server.threads", ">= 1"),
     (["--server.ranks", "3"], 11, "agents.per_rank", "need 13 MPI ranks (3 server + 10 agent ranks)"),
     (["--server.ranks", "2", "--compression.codec", "sign", "--aggregator.name", "majority_vote"], 12,
      "server.ranks", "cannot be cut"),

@@ -188,6 +188,8 @@ class ServerRole(driver.Role):
         self.gradients = torch.from_numpy(self.received)
         self.nothing = np.empty((0, model.d), dtype=np.float32)
         agg = cfg.aggregator
+        server = getattr(cfg, "server", None)
+        aggregators.set_threads(1 if server is None else server.threads)
         self.rule = aggregators.build(agg.name, f=agg.f, params=dict(agg.params), pre=agg.pre,
                                       pre_params={k: dict(v) for k, v in agg.pre_params.items()},
                                       sharding=self.sums)
