@@ -31,7 +31,7 @@ from mpi4py.util.dtlib import from_numpy_dtype
 
 __all__ = ["MPI", "Comm", "world", "srun_world_error", "abort_on_error", "agree", "wait", "Traffic",
            "barrier", "bcast", "gatherv_rows", "scatterv_rows", "NeighbourExchange", "ColumnSlices",
-           "allgather_slices", "slice_bounds", "gather_small",
+           "allgather_slices", "slice_bounds", "SharedBlock", "on_one_node", "TRANSPORT", "gather_small",
            "reduce_array", "allreduce_array", "split", "bcast_small", "any_rank"]
 
 Comm = MPI.Comm
@@ -402,6 +402,68 @@ class ColumnSlices:
         for dtype in self._types:
             dtype.Free()
         self._types = []
+
+
+def on_one_node(comm: MPI.Comm) -> bool:
+    """Whether every rank of ``comm`` shares one node's memory (every rank calls it)."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    same = node.Get_size() == comm.Get_size()
+    node.Free()
+    return same
+
+
+def _transport_mode() -> str:
+    """How the server mode's plain float32 rounds move the model and the gradients on one node:
+    "shared" (one shared-memory window each, environment MPISIM_TRANSPORT, the default "auto"
+    when every rank is on one node) or "collectives" (Bcast and Gatherv)."""
+    mode = os.environ.get("MPISIM_TRANSPORT", "auto")
+    if mode not in ("auto", "shared", "collectives"):
+        raise ValueError(f"MPISIM_TRANSPORT must be 'auto', 'shared' or 'collectives', got {mode!r}")
+    return mode
+
+
+TRANSPORT = _transport_mode()
+_SHARED_TAG = 31_002
+
+
+class SharedBlock:
+    """A float32 array in one node's shared memory (an MPI-3 shared window), mapped by every rank.
+
+    ``owner`` allocates it; every rank of comm (all on one node) gets a numpy
+    view of the same memory, so a rank writes its rows where the owner reads
+    them, and the owner writes what the others read, with no copy through
+    MPI. Whoever wrote calls :meth:`publish` before telling the readers (a
+    one-byte note, :meth:`tell`), and the readers, once told
+    (:meth:`wait_for`), call :meth:`refresh` before reading: the window's
+    ``Sync`` on both sides orders the stores and the loads. Built collectively.
+    """
+
+    def __init__(self, comm: MPI.Comm, shape: tuple[int, ...], *, owner: int = 0):
+        self.comm = comm
+        size = int(np.prod(shape)) * 4
+        self.win = MPI.Win.Allocate_shared(size if comm.Get_rank() == owner else 0, 4, comm=comm)
+        memory, _ = self.win.Shared_query(owner)
+        self.array = np.ndarray(shape, dtype=np.float32, buffer=memory)
+        self.win.Lock_all(MPI.MODE_NOCHECK)
+
+    def publish(self) -> None:
+        self.win.Sync()
+
+    def refresh(self) -> None:
+        self.win.Sync()
+
+    def tell(self, ranks: Sequence[int]) -> None:
+        """The one-byte notes that the data is in place, to ``ranks``."""
+        notes(self.comm, to=ranks, tag=_SHARED_TAG)
+
+    def wait_for(self, ranks: Sequence[int]) -> None:
+        """Wait, sleeping, for a note from every rank in ``ranks``, then see what they wrote."""
+        notes(self.comm, sources=ranks, tag=_SHARED_TAG)
+        self.refresh()
+
+    def free(self) -> None:
+        self.win.Unlock_all()
+        self.win.Free()
 
 
 def allgather_slices(comm: MPI.Comm, buf: np.ndarray, *, bounds: Sequence[int],

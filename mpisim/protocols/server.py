@@ -104,9 +104,10 @@ class ServerMode(driver.Protocol):
         # Every rank calls Split.
         agents_comm = mpi.split(world, None if rank < servers else 1, key=rank)
         server_comm = mpi.split(world, 0 if rank < servers else None, key=rank) if servers > 1 else None
+        shared = SharedWindows.wanted(world, cfg, plan)
         if rank < servers:
-            return ServerRole(world, cfg, plan, server_comm)
-        return AgentHost(world, agents_comm, cfg, plan)
+            return ServerRole(world, cfg, plan, server_comm, shared=shared)
+        return AgentHost(world, agents_comm, cfg, plan, shared=shared)
 
     @classmethod
     def headline(cls, s: dict) -> str:
@@ -136,6 +137,37 @@ def describe_final(final: dict, test_samples: int) -> str:
 # ---------------------------------------------------------------- server
 
 
+class SharedWindows:
+    """The model and the (n, d) block of a round in one node's shared memory.
+
+    When every rank is on one node (``MPISIM_TRANSPORT`` auto, the default,
+    or shared), a plain round (float32 messages, one server rank, no vote)
+    moves nothing through MPI but one-byte notes: the server writes the model
+    into one window and tells the agent ranks; each copies it into its model,
+    computes its agents' gradients straight into its rows of the block
+    window, and tells the server, which filters the block where it lies. The
+    bytes counted are those the Bcast and Gatherv would have moved; the
+    models are the same bit for bit (tested).
+    """
+
+    def __init__(self, world: mpi.Comm, plan: ServerPlan, d: int):
+        self.model = mpi.SharedBlock(world, (d,), owner=SERVER)
+        self.block = mpi.SharedBlock(world, (plan.placement.n, d), owner=SERVER)
+        self.agent_ranks = list(range(plan.placement.first, plan.placement.world_size))
+
+    @staticmethod
+    def wanted(world: mpi.Comm, cfg, plan: ServerPlan) -> bool:
+        """Whether this run's rounds go through the windows (every rank calls it: the roles then
+        build them, collectively, once they know d)."""
+        one_node = mpi.on_one_node(world)
+        plain = plan.servers == 1 and not uplink.active(cfg) and cfg.aggregator.name != "majority_vote"
+        if mpi.TRANSPORT == "collectives" or not plain:
+            return False
+        if not one_node and mpi.TRANSPORT == "shared":
+            raise RuntimeError("MPISIM_TRANSPORT=shared needs every rank on one node")
+        return one_node
+
+
 class SliceSums(aggregators.Sharding):
     """The sharded server's whole-row sums: an ``Allreduce`` of float64 parts among the server ranks.
 
@@ -163,7 +195,7 @@ class ServerRole(driver.Role):
     broadcasts = True  # the model goes out every round (the one-round algorithm sends nothing)
 
     def __init__(self, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan,
-                 server_comm: mpi.Comm | None = None):
+                 server_comm: mpi.Comm | None = None, *, shared: bool = False):
         super().__init__()
         self.world, self.cfg, self.plan = world, cfg, plan
         n, rank = plan.placement.n, world.Get_rank()
@@ -172,6 +204,7 @@ class ServerRole(driver.Role):
             self.problem.x_test = self.problem.y_test = None
         self.headline = self.problem.task.headline
         model = self.problem.model
+        self.windows = windows = SharedWindows(world, plan, model.d) if shared else None
         self.server_comm = server_comm
         self.sums = aggregators.WHOLE
         own = model.flat
@@ -184,7 +217,8 @@ class ServerRole(driver.Role):
                                            bounds=self.bounds)
         self.state = Server(own, seeding.torch_generator(cfg.run.seed, seeding.SERVER),
                             n=n, averaging=cfg.aggregator.averaging)
-        self.received = np.empty((n, own.numel()), dtype=np.float32)  # reused every round
+        self.received = (np.empty((n, own.numel()), dtype=np.float32) if windows is None
+                         else windows.block.array)  # reused every round
         self.gradients = torch.from_numpy(self.received)
         self.nothing = np.empty((0, model.d), dtype=np.float32)
         agg = cfg.aggregator
@@ -217,7 +251,17 @@ class ServerRole(driver.Role):
 
     def step(self, t: int) -> None:
         w, timer, traffic = self.state.model, self.timer, self.traffic
-        if self.sharded:
+        if self.windows is not None:
+            windows, size = self.windows, self.world.Get_size()
+            with timer("bcast"):
+                np.copyto(windows.model.array, w.numpy())
+                windows.model.publish()
+                windows.model.tell(windows.agent_ranks)
+                traffic.count("protocol", sent=w.numel() * 4 * (size - 1))
+            with timer("gather"):
+                windows.block.wait_for(windows.agent_ranks)
+                traffic.count("protocol", received=self.received.nbytes)
+        elif self.sharded:
             with timer("bcast"):
                 mpi.allgather_slices(self.world, self.problem.model.flat.numpy(), bounds=self.bounds,
                                      traffic=traffic)
@@ -370,7 +414,8 @@ class AgentHost(driver.Role):
     role = "agents"
     broadcasts = True
 
-    def __init__(self, world: mpi.Comm, agents_comm: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan):
+    def __init__(self, world: mpi.Comm, agents_comm: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan,
+                 *, shared: bool = False):
         super().__init__()
         self.world, self.cfg, self.plan = world, cfg, plan
         rank = world.Get_rank()
@@ -384,7 +429,9 @@ class AgentHost(driver.Role):
                        for i in self.ids}
         del problem.train  # each agent keeps its own shard only
         self.model = problem.model
-        self.send = np.empty((len(self.ids), self.model.d), dtype=np.float32)
+        self.windows = windows = SharedWindows(world, plan, self.model.d) if shared else None
+        self.send = (np.empty((len(self.ids), self.model.d), dtype=np.float32) if windows is None
+                     else windows.block.array[self.ids[0]:self.ids[-1] + 1])  # its rows of the shared block
         self.send_rows = torch.from_numpy(self.send)
         self.counts = plan.placement.counts()
         self.attack = attacks.REGISTRY.get(cfg.byzantine.fault) if plan.byzantine else None
@@ -433,6 +480,9 @@ class AgentHost(driver.Role):
 
     def step(self, t: int) -> None:
         timer, traffic = self.timer, self.traffic
+        if self.windows is not None:
+            self._shared_step(t)
+            return
         if self.slices is not None:
             with timer("bcast"):
                 mpi.allgather_slices(self.world, self.model.flat.numpy(), bounds=self.bounds, traffic=traffic)
@@ -459,6 +509,22 @@ class AgentHost(driver.Role):
             with timer("step"):
                 vote = compression.unpack_signs(self.ballot[None], self.model.d)[0]
                 take_step(self.model.flat, vote, self.step_size(t - 1), self.cfg.optim.project_radius)
+
+    def _shared_step(self, t: int) -> None:
+        """One round through the shared windows (see :class:`SharedWindows`)."""
+        timer, traffic, windows = self.timer, self.traffic, self.windows
+        with timer("bcast"):
+            windows.model.wait_for([SERVER])
+            np.copyto(self.model.flat.numpy(), windows.model.array)
+            traffic.count("protocol", received=self.model.d * 4)
+        with timer("compute"):
+            self.compute()
+        with timer("attack"):
+            self._corrupt()
+        with timer("gather"):
+            windows.block.publish()
+            windows.block.tell([SERVER])
+            traffic.count("protocol", sent=self.send.nbytes)
 
     def train_loss(self) -> tuple[float, int]:
         windows = [agent.losses.take() for agent in self.agents.values()]
