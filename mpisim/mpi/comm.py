@@ -31,7 +31,7 @@ from mpi4py.util.dtlib import from_numpy_dtype
 
 __all__ = ["MPI", "Comm", "world", "srun_world_error", "abort_on_error", "agree", "wait", "Traffic",
            "barrier", "bcast", "gatherv_rows", "scatterv_rows", "NeighbourExchange", "ColumnSlices",
-           "allgather_slices", "slice_bounds", "SharedBlock", "on_one_node", "TRANSPORT", "gather_small",
+           "allgather_slices", "slice_bounds", "SharedBlock", "on_one_node", "TRANSPORT", "shared_memory_free", "gather_small",
            "reduce_array", "allreduce_array", "split", "bcast_small", "any_rank"]
 
 Comm = MPI.Comm
@@ -423,6 +423,16 @@ def _transport_mode() -> str:
 
 
 TRANSPORT = _transport_mode()
+
+
+def shared_memory_free(path: str = "/dev/shm") -> int:
+    """Bytes free in the node's shared-memory file system (where MPICH maps shared windows);
+    0 if there is none."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
 _SHARED_TAG = 31_002
 
 

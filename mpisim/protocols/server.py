@@ -155,6 +155,21 @@ class SharedWindows:
         self.block = mpi.SharedBlock(world, (plan.placement.n, d), owner=SERVER)
         self.agent_ranks = list(range(plan.placement.first, plan.placement.world_size))
 
+    @classmethod
+    def build(cls, world: mpi.Comm, plan: ServerPlan, d: int) -> "SharedWindows | None":
+        """The windows, or None when the node's shared memory cannot hold them (every rank calls it).
+
+        A container's /dev/shm is often small (64 MB by default in Docker), and
+        touching a shared page past its limit kills the process, so rank 0
+        checks the free space first; unless MPISIM_TRANSPORT=shared insists,
+        a block that does not fit with a margin goes through the collectives."""
+        need = 4 * d * (plan.placement.n + 1)
+        fits = mpi.bcast_small(world, mpi.shared_memory_free() > 2 * need if world.Get_rank() == SERVER
+                               else None, root=SERVER)
+        if not fits and mpi.TRANSPORT != "shared":
+            return None
+        return cls(world, plan, d)
+
     @staticmethod
     def wanted(world: mpi.Comm, cfg, plan: ServerPlan) -> bool:
         """Whether this run's rounds go through the windows (every rank calls it: the roles then
@@ -204,7 +219,7 @@ class ServerRole(driver.Role):
             self.problem.x_test = self.problem.y_test = None
         self.headline = self.problem.task.headline
         model = self.problem.model
-        self.windows = windows = SharedWindows(world, plan, model.d) if shared else None
+        self.windows = windows = SharedWindows.build(world, plan, model.d) if shared else None
         self.server_comm = server_comm
         self.sums = aggregators.WHOLE
         own = model.flat
@@ -429,7 +444,7 @@ class AgentHost(driver.Role):
                        for i in self.ids}
         del problem.train  # each agent keeps its own shard only
         self.model = problem.model
-        self.windows = windows = SharedWindows(world, plan, self.model.d) if shared else None
+        self.windows = windows = SharedWindows.build(world, plan, self.model.d) if shared else None
         self.send = (np.empty((len(self.ids), self.model.d), dtype=np.float32) if windows is None
                      else windows.block.array[self.ids[0]:self.ids[-1] + 1])  # its rows of the shared block
         self.send_rows = torch.from_numpy(self.send)
