@@ -32,6 +32,9 @@ CASES = {
     "server, qsgd + error feedback": [*SERVER, "--aggregator.name", "norm_threshold",
                                       "--compression.codec", "qsgd", "--compression.params.s", "4",
                                       "--compression.error_feedback", "true"],
+    # a server of two ranks: each saves and restores its slice of the model and of the averaging memory
+    "server, sharded": [*SERVER, "--aggregator.name", "krum", "--aggregator.averaging", "0.3",
+                        "--server.ranks", "2"],
     "decentralized, two-faced": ["-m", "mpisim.decentralized", "--nodes.n", "6", "--nodes.per_rank", "2",
                                  "--screening.b", "1", "--byzantine.count", "1", "--byzantine.two_faced", "true",
                                  "--graph.p", "0.9", "--graph.redraw", "5", "--run.rounds", "80",
@@ -41,8 +44,13 @@ CASES = {
 MODEL = {"server": "model.npy", "decentralized": "models.npy"}
 
 
+def ranks(args):
+    """3 ranks, one more for each server rank beyond the first."""
+    return 3 + (int(args[args.index("--server.ranks") + 1]) - 1 if "--server.ranks" in args else 0)
+
+
 def start(args, out_dir, name):
-    cmd = [*launcher.mpiexec_command(), "-n", "3", sys.executable, *args, *SMALL,
+    cmd = [*launcher.mpiexec_command(), "-n", str(ranks(args)), sys.executable, *args, *SMALL,
            "--run.out_dir", str(out_dir), "--run.name", name]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL, start_new_session=True,
@@ -75,9 +83,9 @@ def kill_after_checkpoint(proc, run_dir, *, past: int, sig=signal.SIGKILL, timeo
     pytest.fail("no checkpoint appeared in time")
 
 
-def resume(run_dir, *extra):
-    return launcher.run(3, ["-m", mode_module(run_dir), "--run.resume", str(run_dir), "--run.progress", "false",
-                            *extra], timeout=240)
+def resume(run_dir, *extra, nprocs=3):
+    return launcher.run(nprocs, ["-m", mode_module(run_dir), "--run.resume", str(run_dir), "--run.progress",
+                                 "false", *extra], timeout=240)
 
 
 def mode_module(run_dir):
@@ -97,7 +105,7 @@ def test_a_run_killed_mid_way_and_resumed_ends_with_the_same_model(tmp_path, cas
     assert code != 0 and not (tmp_path / "killed" / "summary.json").exists()  # it did not finish
     assert meta.round < 80
 
-    resumed = resume(tmp_path / "killed")
+    resumed = resume(tmp_path / "killed", nprocs=ranks(args))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     model = MODEL["decentralized" if "decentralized" in case else "server"]
     assert (tmp_path / "killed" / model).read_bytes() == (tmp_path / "whole" / model).read_bytes()
