@@ -42,6 +42,10 @@ matrices) added over the server ranks by an ``Allreduce``
 (:class:`SliceSums`). Each server rank steps its slice; rank 0 gathers the
 slices to evaluate. Compressed uplinks and the vote need whole vectors and
 are refused with S > 1.
+
+On one node, the plain rounds (float32 messages, S = 1, not the vote) do
+steps 1 and 4 through shared-memory windows instead (:class:`SharedWindows`):
+the same data, the same bytes counted, only one-byte notes through MPI.
 """
 
 from __future__ import annotations
