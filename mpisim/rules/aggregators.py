@@ -46,6 +46,12 @@ numpy's SIMD row sort on transposed column chunks (~0.2 s on 100 x 10^6).
 Both read the torch storage through numpy views, without copying the input.
 Row-based rules use one float64 Gram matrix (Krum, Bulyan, geomed, mom,
 nnm) or float32 norms with a float64 fallback (cge, norm_threshold, cc).
+
+Sharded columns. Every rule also takes ``sharding`` (:class:`Sharding`):
+when x is one rank's slice of the columns (the sharded server), the
+whole-row quantities (squared norms, the Gram matrix) are summed over the
+slices through it, and the rule returns its slice of the unsharded output;
+coordinate-wise rules never need it.
 """
 
 from __future__ import annotations
