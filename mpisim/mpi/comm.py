@@ -31,7 +31,8 @@ from mpi4py.util.dtlib import from_numpy_dtype
 
 __all__ = ["MPI", "Comm", "world", "srun_world_error", "abort_on_error", "agree", "wait", "Traffic",
            "barrier", "bcast", "gatherv_rows", "scatterv_rows", "NeighbourExchange", "ColumnSlices",
-           "allgather_slices", "slice_bounds", "SharedBlock", "on_one_node", "TRANSPORT", "shared_memory_free", "gather_small",
+           "allgather_slices", "slice_bounds", "SharedBlock", "on_one_node", "TRANSPORT",
+           "shared_memory_free", "gather_small",
            "reduce_array", "allreduce_array", "split", "bcast_small", "any_rank"]
 
 Comm = MPI.Comm
@@ -346,8 +347,8 @@ class ColumnSlices:
     that slice of r's ``rows_per_rank[r]`` rows, stacked in rank order into
     its (sum of rows, width) block. Rank r's send buffer is its (rows, d)
     block as it is: a strided MPI vector datatype per server rank picks the
-    slice, so nothing is copied into a send buffer. Built once per run (every
-    rank calls the constructor and :meth:`free`).
+    slice, so nothing is copied into a send buffer. Built once per run by
+    every rank (no communication); :meth:`free` releases the datatypes.
     """
 
     def __init__(self, comm: MPI.Comm, *, d: int, rows_per_rank: Sequence[int], bounds: Sequence[int],
@@ -433,6 +434,8 @@ def shared_memory_free(path: str = "/dev/shm") -> int:
     except OSError:
         return 0
     return stats.f_bavail * stats.f_frsize
+
+
 _SHARED_TAG = 31_002
 
 
@@ -442,10 +445,10 @@ class SharedBlock:
     ``owner`` allocates it; every rank of comm (all on one node) gets a numpy
     view of the same memory, so a rank writes its rows where the owner reads
     them, and the owner writes what the others read, with no copy through
-    MPI. Whoever wrote calls :meth:`publish` before telling the readers (a
-    one-byte note, :meth:`tell`), and the readers, once told
-    (:meth:`wait_for`), call :meth:`refresh` before reading: the window's
-    ``Sync`` on both sides orders the stores and the loads. Built collectively.
+    MPI. The writer calls :meth:`tell` (the window's ``Sync``, then a one-byte
+    note to each reader), the readers :meth:`wait_for` (the notes, then
+    ``Sync``) before they read: the ``Sync`` on both sides orders the stores
+    and the loads. Built collectively; freed with MPI at the end of the job.
     """
 
     def __init__(self, comm: MPI.Comm, shape: tuple[int, ...], *, owner: int = 0):
@@ -456,24 +459,15 @@ class SharedBlock:
         self.array = np.ndarray(shape, dtype=np.float32, buffer=memory)
         self.win.Lock_all(MPI.MODE_NOCHECK)
 
-    def publish(self) -> None:
-        self.win.Sync()
-
-    def refresh(self) -> None:
-        self.win.Sync()
-
     def tell(self, ranks: Sequence[int]) -> None:
-        """The one-byte notes that the data is in place, to ``ranks``."""
+        """What this rank wrote is in place: make it visible and send ``ranks`` a one-byte note each."""
+        self.win.Sync()
         notes(self.comm, to=ranks, tag=_SHARED_TAG)
 
     def wait_for(self, ranks: Sequence[int]) -> None:
         """Wait, sleeping, for a note from every rank in ``ranks``, then see what they wrote."""
         notes(self.comm, sources=ranks, tag=_SHARED_TAG)
-        self.refresh()
-
-    def free(self) -> None:
-        self.win.Unlock_all()
-        self.win.Free()
+        self.win.Sync()
 
 
 def allgather_slices(comm: MPI.Comm, buf: np.ndarray, *, bounds: Sequence[int],

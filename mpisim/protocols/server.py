@@ -274,7 +274,6 @@ class ServerRole(driver.Role):
             windows, size = self.windows, self.world.Get_size()
             with timer("bcast"):
                 np.copyto(windows.model.array, w.numpy())
-                windows.model.publish()
                 windows.model.tell(windows.agent_ranks)
                 traffic.count("protocol", sent=w.numel() * 4 * (size - 1))
             with timer("gather"):
@@ -541,7 +540,6 @@ class AgentHost(driver.Role):
         with timer("attack"):
             self._corrupt()
         with timer("gather"):
-            windows.block.publish()
             windows.block.tell([SERVER])
             traffic.count("protocol", sent=self.send.nbytes)
 
