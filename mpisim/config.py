@@ -26,6 +26,7 @@ import sys
 import tomllib
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -71,9 +72,15 @@ class RunConfig:
                                    "rows in node order)")
     checkpoint_every: int = _opt(0, "write a checkpoint of the whole run every this many rounds and at "
                                     "the last (0: only when SIGTERM or SIGUSR1 arrives)")
-    resume: str = _opt("", "a run directory to go on with from its last checkpoint, into the same "
+    checkpoint_keep: int = _opt(2, "checkpoints kept in the run directory (the newest ones); more than one "
+                                   "leaves an older one for --run.resume_fallback if the newest is damaged")
+    resume: str = _opt("", "a run directory to go on with from its newest checkpoint, into the same "
                            "directory; its config.toml is the base, and only run.rounds (which may "
-                           "grow), run.checkpoint_every and run.progress may differ")
+                           "grow), run.checkpoint_every, run.checkpoint_keep, run.resume_fallback and "
+                           "run.progress may differ")
+    resume_fallback: bool = _opt(False, "when the newest checkpoint fails its checks, go on from the newest "
+                                        "intact one (the damaged ones are set aside, not deleted); without "
+                                        "it such a resume stops with exit code 2")
 
 
 @dataclass(frozen=True)
@@ -474,6 +481,8 @@ def load_toml(path: str | Path) -> dict:
                                       f"{exc.start} is {exc.object[exc.start:exc.start + 1]!r}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("--config", f"{path} nests tables or arrays too deep to read") from None
 
 
 # ---------------------------------------------------------------- command line
@@ -576,10 +585,13 @@ def validate_run(run: RunConfig) -> None:
                            and name.strip() == name), "run.name",
             f"must be a single directory name (no '/', not '.' or '..', no surrounding spaces), "
             f"got {name!r}")
+    require(not any(unicodedata.category(c).startswith("C") for c in name), "run.name",
+            f"must not hold control characters (newline, tab, escape, ...), got {name!r}")
     require(len(name.encode("utf-8", "surrogateescape")) <= 200, "run.name",
             f"must be at most 200 bytes, got {len(name.encode('utf-8', 'surrogateescape'))}")
     require(run.checkpoint_every >= 0, "run.checkpoint_every",
             f"must be >= 0 (0: only on SIGTERM or SIGUSR1), got {run.checkpoint_every}")
+    require(run.checkpoint_keep >= 1, "run.checkpoint_keep", f"must be >= 1, got {run.checkpoint_keep}")
     if run.resume:
         _validate_resume(run)
         return
@@ -587,20 +599,28 @@ def validate_run(run: RunConfig) -> None:
     # What can be seen without creating anything; the driver creates the directory
     # before any work starts and reports what this cannot foresee (permissions, /proc).
     out = Path(run.out_dir).expanduser()
-    for parent in (out, *out.parents):
-        if parent.exists() or parent.is_symlink():
-            require(parent.is_dir(), "run.out_dir",
-                    f"{run.out_dir} is not a directory" if parent == out else
-                    f"{run.out_dir} lies under {parent}, which is not a directory")
-            break
-    if name:
-        require(not (out / name).exists(), "run.name",
-                f"{out / name} already exists: runs never write into another run's directory; "
-                f"choose another run.name or remove it")
+    try:
+        for parent in (out, *out.parents):
+            if parent.exists() or parent.is_symlink():
+                require(parent.is_dir(), "run.out_dir",
+                        f"{run.out_dir} is not a directory" if parent == out else
+                        f"{run.out_dir} lies under {parent}, which is not a directory")
+                break
+        if name:
+            require(not (out / name).exists(), "run.name",
+                    f"{out / name} already exists: runs never write into another run's directory; "
+                    f"choose another run.name or remove it")
+    except OSError as exc:  # e.g. a path longer than the system allows
+        raise ConfigError("run.out_dir", f"cannot use {_shorten(run.out_dir)}: {exc.strerror or exc}") from None
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]} ({len(text)} characters)"
 
 
 # Fields a resumed run may change: none of them changes what the rounds compute.
-RESUMABLE_CHANGES = ("run.rounds", "run.resume", "run.checkpoint_every", "run.progress")
+RESUMABLE_CHANGES = ("run.rounds", "run.resume", "run.resume_fallback", "run.checkpoint_every",
+                     "run.checkpoint_keep", "run.progress")
 
 
 def resume_base(argv: Sequence[str]) -> str | None:
@@ -614,16 +634,30 @@ def resume_base(argv: Sequence[str]) -> str | None:
 
 
 def _validate_resume(run: RunConfig) -> None:
+    """What can be seen of a resumed run's directory before the job starts; the driver checks the
+    checkpoint itself, under the directory's lock, with every rank (:mod:`mpisim.checkpoint`)."""
     from . import checkpoint
 
     directory = Path(run.resume).expanduser()
-    require(directory.is_dir(), "run.resume", f"{run.resume} is not a run directory")
-    meta = checkpoint.latest(directory)
-    require(meta is not None, "run.resume",
+    try:
+        require(directory.is_dir(), "run.resume", f"{_shorten(run.resume)} is not a run directory")
+        require(not (directory / "config.toml").is_symlink(), "run.resume",
+                f"{directory}/config.toml is a symbolic link; mpisim never follows links inside a run directory")
+        found = checkpoint.rounds(directory)
+    except checkpoint.Damaged as exc:
+        raise ConfigError("run.resume", f"{directory}/{exc}") from None
+    except OSError as exc:
+        raise ConfigError("run.resume", f"cannot read {_shorten(run.resume)}: {exc.strerror or exc}") from None
+    require(bool(found), "run.resume",
             f"{run.resume} has no checkpoint (checkpoints are written with --run.checkpoint_every K, "
             f"and when the run gets SIGTERM or SIGUSR1)")
-    require(run.rounds >= meta.round, "run.rounds",
-            f"the checkpoint of {run.resume} is at round {meta.round}, beyond run.rounds = {run.rounds}")
+
+
+def for_run_dir(cfg):
+    """The configuration as its run directory's config.toml records it: without ``run.resume`` and
+    ``run.resume_fallback``, which say how this job started, not what the run is (reloading a resumed
+    run's config.toml with --config then starts a new run, as it does for any other run)."""
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume="", resume_fallback=False))
 
 
 def resume_differences(saved, cfg) -> list[str]:

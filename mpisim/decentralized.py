@@ -8,7 +8,11 @@ The protocol is :mod:`mpisim.protocols.decentralized`, run by
 
 import sys
 
-from .protocols import driver
+from . import signals
+
+signals.catch()  # first: a stop signal during the imports and the set-up is kept, not fatal
+
+from .protocols import driver  # noqa: E402
 from .protocols.decentralized import Decentralized
 
 main = driver.entry_point(Decentralized)

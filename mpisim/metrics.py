@@ -16,6 +16,7 @@ one; the metrics log is append-only (see :class:`RunLog`). Non-finite floats
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -97,20 +98,28 @@ class RunLog:
     """
 
     def __init__(self, directory: str | os.PathLike, config_toml: str, *, append: bool = False,
-                 keep_records: int | None = None):
+                 keep_bytes: int | None = None):
         """``append``: go on with an existing log (a resumed run), keeping only its first
-        ``keep_records`` records when that is given (those written after the checkpoint the
-        run resumes from are cut off, to be written again)."""
+        ``keep_bytes`` bytes when that is given (the records written after the checkpoint the
+        run resumes from are cut off, to be written again). The log is never opened through a
+        symbolic link (OSError ELOOP)."""
         self.dir = Path(directory)
+        self.lock = None  # the directory's lock (mpisim.checkpoint.Lock), released by close()
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / "config.toml", config_toml)
         path = self.dir / "metrics.jsonl"
-        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)  # RDWR: to find a torn tail
+        flags = (os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW  # RDWR: to find a torn tail
+                 | (0 if append else os.O_TRUNC))
         self._fd = os.open(path, flags, 0o666)
         if append:
             _drop_torn_tail(self._fd)
-            if keep_records is not None:
-                _keep_lines(self._fd, keep_records)
+            if keep_bytes is not None:
+                _keep_bytes(self._fd, keep_bytes)
+        # The records so far: their count, bytes and running SHA-256 (a checkpoint records them,
+        # so that a resume can tell whether the log it goes on with is the one it left).
+        kept = os.pread(self._fd, os.fstat(self._fd).st_size, 0) if append else b""
+        self.records, self.bytes = kept.count(b"\n"), len(kept)
+        self._sha = hashlib.sha256(kept)
 
     def log(self, record: dict) -> None:
         """Append one evaluation record to metrics.jsonl, durably."""
@@ -120,11 +129,20 @@ class RunLog:
             _drop_torn_tail(self._fd)
             raise OSError(f"metrics.jsonl: wrote {written} of {len(line)} bytes")
         os.fdatasync(self._fd) if hasattr(os, "fdatasync") else os.fsync(self._fd)
+        self.records, self.bytes = self.records + 1, self.bytes + len(line)
+        self._sha.update(line)
+
+    def sha256(self) -> str:
+        """SHA-256 of the records written so far (O(1): a running hash)."""
+        return self._sha.hexdigest()
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def summary(self, summary: dict) -> None:
         atomic_write(self.dir / "summary.json", to_json(summary, indent=2) + "\n")
@@ -162,17 +180,12 @@ def _drop_torn_tail(fd: int) -> None:
         os.ftruncate(fd, keep)
 
 
-def _keep_lines(fd: int, count: int) -> None:
-    """Truncate the file open at ``fd`` after its first ``count`` lines (durably)."""
-    data = os.pread(fd, os.fstat(fd).st_size, 0)
-    end = 0
-    for _ in range(count):
-        newline = data.find(b"\n", end)
-        if newline < 0:
-            raise ValueError(f"metrics.jsonl has fewer than {count} records")
-        end = newline + 1
-    if end != len(data):
-        os.ftruncate(fd, end)
+def _keep_bytes(fd: int, size: int) -> None:
+    """Truncate the file open at ``fd`` to its first ``size`` bytes (durably)."""
+    if os.fstat(fd).st_size < size:
+        raise ValueError(f"metrics.jsonl has fewer than the {size} bytes of its checkpoint")
+    if os.fstat(fd).st_size != size:
+        os.ftruncate(fd, size)
         os.fsync(fd)
 
 

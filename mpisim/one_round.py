@@ -8,7 +8,11 @@ Rank 0 is the master, ranks 1.. host the workers; the protocol is
 
 import sys
 
-from .protocols import driver
+from . import signals
+
+signals.catch()  # first: a stop signal during the imports and the set-up is kept, not fatal
+
+from .protocols import driver  # noqa: E402
 from .protocols.one_round import OneRound
 
 main = driver.entry_point(OneRound)

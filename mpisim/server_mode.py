@@ -8,7 +8,11 @@ Rank 0 is the parameter server, ranks 1.. host the agents; the protocol is
 
 import sys
 
-from .protocols import driver
+from . import signals
+
+signals.catch()  # first: a stop signal during the imports and the set-up is kept, not fatal
+
+from .protocols import driver  # noqa: E402
 from .protocols.server import ServerMode
 
 main = driver.entry_point(ServerMode)

@@ -5,6 +5,9 @@
   failure never leaves the other ranks waiting in a collective forever.
 - :func:`agree` makes every rank leave together when one of them found an
   error before work started (bad configuration, missing data).
+- :func:`world` and :func:`abort_on_error` remove the names of MPICH's
+  segments in /dev/shm that the job has mapped (:func:`unlink_mapped_shm`),
+  so a crashed job does not leave them behind to fill the node's /dev/shm.
 - Buffer collectives on flat float32 arrays (uppercase mpi4py calls, no
   pickle), each counting the bytes it moves in a :class:`Traffic` counter.
 - :func:`wait` completes a nonblocking request by polling with short
@@ -18,7 +21,9 @@ This module imports no other mpisim module.
 from __future__ import annotations
 
 import functools
+import mmap
 import os
+import re
 import sys
 import time
 import traceback
@@ -32,7 +37,7 @@ from mpi4py.util.dtlib import from_numpy_dtype
 __all__ = ["MPI", "Comm", "world", "srun_world_error", "abort_on_error", "agree", "wait", "Traffic",
            "barrier", "bcast", "gatherv_rows", "scatterv_rows", "NeighbourExchange", "ColumnSlices",
            "allgather_slices", "slice_bounds", "SharedBlock", "on_one_node", "TRANSPORT",
-           "shared_memory_free", "gather_small",
+           "shared_memory_free", "mapped_shm_files", "unlink_mapped_shm", "gather_small",
            "reduce_array", "allreduce_array", "split", "bcast_small", "any_rank"]
 
 Comm = MPI.Comm
@@ -54,6 +59,7 @@ def world() -> MPI.Comm:
         # reach the others: each one leaves on its own, task 0 with the whole story.
         first = os.environ.get("SLURM_PROCID", "0") == "0"
         raise SystemExit(error if first else error.splitlines()[0])
+    _release_world_segment(comm)
     return comm
 
 
@@ -130,6 +136,9 @@ def abort_on_error(main: Callable[..., int | None]) -> Callable[..., int | None]
                              f"{text}")
             sys.stderr.flush()
             if MPI.Is_initialized() and not MPI.Is_finalized():
+                # MPI_Abort lets no rank free its shared memory: remove the names now,
+                # the memory lives until the last rank has unmapped it (when it dies).
+                unlink_mapped_shm(MPICH_FILES)
                 # The launcher forwards our stderr through a pipe and stops reading
                 # it when the abort reaches it: give the message time to get out
                 # (without this pause it was lost in about 1 abort of 15 here).
@@ -426,14 +435,104 @@ def _transport_mode() -> str:
 TRANSPORT = _transport_mode()
 
 
-def shared_memory_free(path: str = "/dev/shm") -> int:
+SHM_DIR = "/dev/shm"
+
+
+def shared_memory_free(path: str = SHM_DIR) -> int | None:
     """Bytes free in the node's shared-memory file system (where MPICH maps shared windows);
-    0 if there is none."""
+    None if there is none (MPICH then maps its windows from files in /tmp)."""
     try:
         stats = os.statvfs(path)
     except OSError:
-        return 0
+        return None
     return stats.f_bavail * stats.f_frsize
+
+
+# MPICH's files in /dev/shm (read in MPICH 5.0's source, seen with the wheel's
+# 5.0.2): the segment of an MPI world on a node, which every rank of the node
+# opens by name (shm_open) during MPI_Init and which the last rank to call
+# MPI_Finalize removes: /mpich_shm_<FNV hash of the PMI key-value space>_<node>,
+# about 3 MB at 3 ranks; a second one opened the same way, later, when a
+# communicator gets several VCIs (mpich_vci_...); and the files behind shared
+# windows and shared-memory collectives (mkstemp's mpich_shar_tmpXXXXXX),
+# which MPICH removes itself as soon as every rank of the node has mapped them.
+MPICH_WORLD_SEGMENT = re.compile(r"mpich_shm_[0-9a-f]+_[0-9]+")
+MPICH_FILES = re.compile(r"mpich_(?:shm|vci)_[0-9a-f]+_[0-9]+|mpich_shar_tmp[A-Za-z0-9]{6}")
+
+
+def mapped_shm_files(pattern: re.Pattern, maps: str = "/proc/self/maps") -> list[str]:
+    """The files of /dev/shm whose name matches ``pattern`` and that this process has mapped:
+    the very files (same device and inode), while they still have a name.
+
+    Read from /proc/self/maps (Linux; elsewhere, none): a mapped file whose name was
+    removed shows as "NAME (deleted)" there and is left out, and so is a file created
+    since under the same name (another job's: its inode differs).
+    """
+    mapped = {}
+    try:
+        with open(maps) as lines:
+            for line in lines:
+                fields = line.rstrip("\n").split(maxsplit=5)
+                if len(fields) < 6:
+                    continue
+                directory, _, name = fields[5].rpartition("/")
+                if directory != SHM_DIR or not pattern.fullmatch(name):
+                    continue
+                major, minor = (int(x, 16) for x in fields[3].split(":"))
+                mapped[fields[5]] = (os.makedev(major, minor), int(fields[4]))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for path, (device, inode) in mapped.items():
+        try:
+            stats = os.stat(path)
+        except OSError:
+            continue
+        if (stats.st_dev, stats.st_ino) == (device, inode):
+            found.append(path)
+    return found
+
+
+def unlink_mapped_shm(pattern: re.Pattern = MPICH_FILES) -> list[str]:
+    """Remove the names of the /dev/shm files of ``pattern`` that this process has mapped
+    (:func:`mapped_shm_files`); returns the paths removed.
+
+    The memory stays mapped, and usable, by every process that has it (removing a name
+    is what MPICH does itself with its windows' files); it goes back to /dev/shm when
+    the last of them unmaps it, by freeing it or by dying, whatever ends the job.
+    Never raises: another rank of the node may have been first.
+    """
+    removed = []
+    for path in mapped_shm_files(pattern):
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _release_world_segment(comm: MPI.Comm) -> None:
+    """Remove the name of MPICH's segment of this world on this node once every rank of the
+    node has mapped it (every rank calls it, from :func:`world`).
+
+    MPICH removes it only in MPI_Finalize: after an MPI_Abort or a kill -9 it stays in
+    /dev/shm (3 MB for 3 ranks: about 20 fill Docker's 64 MB, and MPICH then cannot start), and
+    a later job whose key-value space has the same name (a requeued SLURM job) opens it and
+    hangs in MPI_Init. Without the name nothing remains whatever ends the job. Safe because
+    MPICH 5.0 opens it by name only once per process, in MPI_Init, whose last step waits
+    until every rank of the node has it mapped (``MPIDI_POSIX_comm_bootstrap``); windows and
+    collectives use segments of their own; MPI_Finalize's removal of a missing name is
+    ignored. The node's barrier makes sure of it even so. Checked with the wheel's MPICH
+    5.0.2 by the MPI tier's tests (collectives, shared windows, resume after kill -9).
+    Only MPICH: another MPI's files do not have MPICH's names.
+    """
+    if not MPI.Get_library_version().startswith("MPICH"):
+        return
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    node.Barrier()
+    node.Free()
+    unlink_mapped_shm(MPICH_WORLD_SEGMENT)
 
 
 _SHARED_TAG = 31_002
@@ -450,6 +549,15 @@ class SharedBlock:
     ``Sync``) before they read: the ``Sync`` on both sides orders the stores
     and the loads. Built collectively; freed with MPI at the end of the job.
     """
+
+    # Pages of /dev/shm that MPICH adds to a window of its own (2 measured with 5.0.2), with a margin.
+    EXTRA_PAGES = 4
+
+    @classmethod
+    def footprint(cls, shape: tuple[int, ...]) -> int:
+        """Bytes of /dev/shm that a block of this shape takes once written: whole pages."""
+        pages = -(-int(np.prod(shape)) * 4 // mmap.PAGESIZE)
+        return (pages + cls.EXTRA_PAGES) * mmap.PAGESIZE
 
     def __init__(self, comm: MPI.Comm, shape: tuple[int, ...], *, owner: int = 0):
         self.comm = comm

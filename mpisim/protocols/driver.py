@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from .. import checkpoint, config, datasets, metrics, seeding
+from .. import checkpoint, config, datasets, metrics, seeding, signals
 from ..config import ConfigError
 from ..graphs.topology import GraphError
 from ..learning import models, tasks
@@ -198,9 +198,10 @@ def load_problem(cfg, *, num_shards: int, train: bool, test: bool) -> Problem:
     return Problem(train_set, shards, x_test, y_test, model, task)
 
 
-def eval_rounds(run_cfg) -> set[int]:
-    """Rounds after which the run evaluates: 0 (the initial model), every eval_every, and the last."""
-    return set(range(0, run_cfg.rounds + 1, run_cfg.eval_every)) | {run_cfg.rounds}
+def evaluated(t: int, run_cfg) -> bool:
+    """Whether the run evaluates after round t: 0 (the initial model), every eval_every, and the
+    last. A test, not a set of rounds: ``run.rounds`` may be huge (run until SIGTERM)."""
+    return t % run_cfg.eval_every == 0 or t == run_cfg.rounds
 
 
 def progress_bar(total: int, show: bool, unit: str = "round", initial: int = 0):
@@ -250,30 +251,22 @@ def say(text: str, stream=None) -> None:
     print(text if stream.isatty() else f"[rank {ROOT}] {text}", file=stream)
 
 
-class StopSignals:
-    """SIGTERM and SIGUSR1 (SLURM's warning before a time limit: ``--signal=B:USR1@120``) ask the
-    run to write a checkpoint after the current round and stop (exit code 75)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.seen: int | None = None
-        self._before = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
-
-    def _note(self, signum, frame) -> None:
-        self.seen = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._before.items():
-            signal.signal(sig, handler)
-
-
 def _restore(role: Role, state: dict) -> None:
     """Put a rank's checkpointed state back: its role's state objects, byte counters and timers."""
     role.load_state_dict(state["role"])
     for direction in ("sent", "received"):
         getattr(role.traffic, direction).update(state["traffic"][direction])
     role.timer.totals.update(state["phases"])
+
+
+def _restored(role: Role, resumed: "Resumed") -> str | None:
+    """Restore this rank's state; the error every rank exits with if it does not fit the run."""
+    try:
+        _restore(role, resumed.state)
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+        return (f"config error: run.resume: {resumed.directory}/{resumed.path} passes its checks but does "
+                f"not fit this run ({type(exc).__name__}: {exc})")
+    return None
 
 
 def bytes_by_role(reports: list[tuple[str, dict]], *, adversary: bool) -> dict[str, int]:
@@ -306,7 +299,7 @@ def _quiet_unless(show: bool):
         yield
 
 
-def _exit_if(world: mpi.Comm, error: str | None) -> None:
+def exit_if(world: mpi.Comm, error: str | None) -> None:
     """Every rank calls this: if any rank has an error, rank 0 prints the first one and all exit 2.
 
     An empty error string means a clean exit (``--help``): code 0, nothing printed.
@@ -337,12 +330,12 @@ def read_config(world: mpi.Comm, argv: Sequence[str] | None, protocol: type[Prot
                                                 description=protocol.description)
         protocol.validate(cfg, None if print_only else world.Get_size())
         if cfg.run.resume:
-            _check_resumable(cfg, protocol, world.Get_size())
+            _check_resumable(cfg, protocol)
     except ConfigError as exc:
         error = f"config error: {exc}"
     except SystemExit as exc:  # --help, or argparse's own usage error
         error = "" if exc.code in (0, None) else "usage error (see --help)"
-    _exit_if(world, error)
+    exit_if(world, error)
     if print_only:
         if rank == ROOT:
             print(config.dumps(cfg), end="")
@@ -350,9 +343,9 @@ def read_config(world: mpi.Comm, argv: Sequence[str] | None, protocol: type[Prot
     return cfg
 
 
-def _check_resumable(cfg, protocol: type[Protocol], world_size: int) -> None:
+def _check_resumable(cfg, protocol: type[Protocol]) -> None:
     """A resumed run must be the run it resumes: same configuration but for
-    :data:`config.RESUMABLE_CHANGES`, same number of ranks."""
+    :data:`config.RESUMABLE_CHANGES`."""
     directory = Path(cfg.run.resume).expanduser()
     saved, _ = config.parse_args(protocol.config_class, ["--config", str(directory / "config.toml")],
                                  prog=protocol.prog, description=protocol.description)
@@ -361,10 +354,107 @@ def _check_resumable(cfg, protocol: type[Protocol], world_size: int) -> None:
         raise ConfigError("run.resume", f"the configuration differs from that of the run in {directory}: "
                                         f"{'; '.join(differ)}. A resumed run goes on with the same "
                                         f"configuration (only {', '.join(config.RESUMABLE_CHANGES)} may change)")
-    meta = checkpoint.latest(directory)
-    if meta.world_size != world_size:
-        raise ConfigError("run.resume", f"the checkpoint of {directory} was written by {meta.world_size} "
-                                        f"ranks, this job has {world_size}")
+
+
+@dataclass
+class Resumed:
+    """Where a resumed run goes on from: the checkpoint every rank checked, this rank's state in it,
+    and (rank 0) the run directory's lock and whether the run had already finished."""
+
+    directory: Path
+    meta: checkpoint.Meta
+    state: dict
+    path: str                      # this rank's file, for messages
+    lock: checkpoint.Lock | None
+    finished: bool
+
+
+def _resume_point(world: mpi.Comm, cfg) -> Resumed:
+    """Lock the run directory (rank 0), then find the newest checkpoint whose every file passes its
+    checks (every rank checks its own); collective. Any problem stops every rank with exit code 2,
+    naming the files and what is wrong with them; an older intact checkpoint is taken only with
+    ``run.resume_fallback``."""
+    rank, size = world.Get_rank(), world.Get_size()
+    directory = Path(cfg.run.resume).expanduser()
+
+    def lock() -> checkpoint.Lock:
+        try:
+            held = checkpoint.Lock(directory)
+        except checkpoint.LockError as exc:
+            raise ConfigError("run.resume", str(exc)) from None
+        checkpoint.sweep_incomplete(directory)  # staging left by a crash (nobody else writes now)
+        return held
+
+    held = _agreed(world, lambda: lock() if rank == ROOT else None)
+    skipped: list[tuple[int, list[str]]] = []
+    chosen, state, path, error = None, None, "", None
+    for t in mpi.bcast_small(world, checkpoint.rounds(directory) if rank == ROOT else None, root=ROOT):
+        head = None
+        if rank == ROOT:
+            try:
+                head = checkpoint.read_meta(directory, t)
+                checkpoint.check_metrics(directory, head)
+            except checkpoint.Damaged as exc:
+                head = str(exc)
+        head = mpi.bcast_small(world, head, root=ROOT)
+        if isinstance(head, str):
+            skipped.append((t, [head]))
+            continue
+        if head.world_size != size:
+            error = (f"run.resume: the checkpoint {directory}/{checkpoint.DIRECTORY}/{checkpoint.name(t)} "
+                     f"was written by {head.world_size} ranks, this job has {size}")
+            break
+        problem = None
+        path = f"{checkpoint.DIRECTORY}/{checkpoint.name(t)}/{checkpoint.rank_file(rank)}"
+        try:
+            state = checkpoint.decode(checkpoint.read_rank_bytes(directory, head, rank), path)
+        except checkpoint.Damaged as exc:
+            problem, state = str(exc), None
+        problems = mpi.gather_small(world, problem, root=ROOT)
+        problems = mpi.bcast_small(world, None if rank != ROOT else [p for p in problems if p], root=ROOT)
+        if problems:
+            skipped.append((t, problems))
+            continue
+        chosen = head
+        break
+    if rank == ROOT and error is None:
+        error = _resume_verdict(cfg, directory, chosen, skipped)
+    exit_if(world, None if error is None else f"config error: {error}")
+
+    finished = False
+    if rank == ROOT:
+        for t, problems in skipped:  # only with run.resume_fallback: set aside, never deleted
+            moved = checkpoint.set_aside(directory, t)
+            say(f"mpisim: skipped the damaged checkpoint of round {t} ({'; '.join(problems)}); "
+                f"moved to {directory}/{moved}/", sys.stderr)
+        finished = chosen.round == cfg.run.rounds and _finished(directory, chosen.round)
+    finished = mpi.bcast_small(world, finished, root=ROOT)
+    return Resumed(directory, chosen, state, path, held, finished)
+
+
+def _resume_verdict(cfg, directory: Path, chosen, skipped) -> str | None:
+    """Rank 0: why the resume cannot go on from ``chosen`` (None if it can)."""
+    damaged = "; ".join(f"{directory}/{p}" for _, problems in skipped for p in problems)
+    if chosen is None:
+        return (f"run.resume: no checkpoint of {directory} passes its checks: {damaged}" if skipped else
+                f"run.resume: {directory} has no checkpoint")
+    if skipped and not cfg.run.resume_fallback:
+        newest = skipped[0][0]
+        return (f"run.resume: the newest checkpoint of {directory} (round {newest}) is damaged: {damaged}. "
+                f"The newest intact one is round {chosen.round}: go on from it with --run.resume_fallback true "
+                f"(the damaged ones are then set aside, not deleted)")
+    if cfg.run.rounds < chosen.round:
+        return (f"run.rounds: the checkpoint of {directory} is at round {chosen.round}, beyond "
+                f"run.rounds = {cfg.run.rounds}")
+    return None
+
+
+def _finished(directory: Path, rounds: int) -> bool:
+    """Whether the run in ``directory`` wrote its summary after ``rounds`` rounds."""
+    try:
+        return json.loads(checkpoint.read_file(directory, "summary.json"))["rounds"] == rounds
+    except (checkpoint.Damaged, ValueError, KeyError, TypeError):
+        return False
 
 
 def _agreed(world: mpi.Comm, make: Callable[[], Any]):
@@ -376,23 +466,25 @@ def _agreed(world: mpi.Comm, make: Callable[[], Any]):
         error = f"graph error: {exc}"
     except ConfigError as exc:
         error = f"config error: {exc}"
-    _exit_if(world, error)
+    exit_if(world, error)
     return value
 
 
-def _run_dir(cfg, parts: list[str]):
-    """Create the run directory and write config.toml (rank 0); OS errors become config errors.
+def _run_dir(cfg, parts: list[str], resumed: Resumed | None):
+    """Create the run directory, lock it and write config.toml (rank 0); OS errors become config
+    errors.
 
-    A resumed run reopens its directory: the metrics records written after
-    the checkpoint it resumes from are cut off (they will be written again)."""
-    if cfg.run.resume:
-        directory = Path(cfg.run.resume).expanduser()
-        meta = checkpoint.latest(directory)
-        checkpoint.sweep_incomplete(directory)
+    A resumed run reopens its directory (locked already): the metrics records written after the
+    checkpoint it resumes from are cut off (they will be written again)."""
+    toml = config.dumps(config.for_run_dir(cfg))
+    if resumed is not None:
         try:
-            return metrics.RunLog(directory, config.dumps(cfg), append=True, keep_records=meta.metrics_lines)
+            log = metrics.RunLog(resumed.directory, toml, append=True, keep_bytes=resumed.meta.metrics_bytes)
         except (OSError, ValueError) as exc:
-            raise ConfigError("run.resume", f"cannot go on with {directory}/metrics.jsonl: {exc}") from None
+            raise ConfigError("run.resume", f"cannot go on with {resumed.directory}/metrics.jsonl: "
+                                            f"{getattr(exc, 'strerror', None) or exc}") from None
+        log.lock = resumed.lock
+        return log
     try:
         run_dir = metrics.make_run_dir(cfg.run.out_dir, cfg.run.name, metrics.default_run_name(parts))
     except FileExistsError:
@@ -402,9 +494,14 @@ def _run_dir(cfg, parts: list[str]):
         raise ConfigError("run.out_dir", f"cannot create the run directory under {cfg.run.out_dir}: "
                                          f"{exc.strerror or exc}") from None
     try:
-        return metrics.RunLog(run_dir, config.dumps(cfg))
+        lock = checkpoint.Lock(run_dir)
+        log = metrics.RunLog(run_dir, toml)
+    except checkpoint.LockError as exc:
+        raise ConfigError("run.name", str(exc)) from None
     except OSError as exc:
         raise ConfigError("run.out_dir", f"cannot write into {run_dir}: {exc.strerror or exc}") from None
+    log.lock = lock
+    return log
 
 
 # ---------------------------------------------------------------- the run
@@ -412,13 +509,20 @@ def _run_dir(cfg, parts: list[str]):
 
 def main(protocol: type[Protocol], argv: Sequence[str] | None = None) -> int:
     """``python -m mpisim.<mode>``: set up on every rank, run the rounds, report. Returns 0."""
+    stops = signals.catch()  # before the set-up: a stop signal during it is kept for after round 1
     torch.set_num_threads(1)  # one rank per core; more threads per rank oversubscribe (6x slower)
     world = mpi.world()
     rank = world.Get_rank()
     cfg = read_config(world, argv, protocol)
     plan = _agreed(world, lambda: protocol.plan(cfg))
-    log = _agreed(world, lambda: _run_dir(cfg, protocol.run_name(cfg, plan)) if rank == ROOT else None)
-    summary = run(world, protocol, cfg, plan, log)
+    resumed = _resume_point(world, cfg) if cfg.run.resume else None
+    if resumed is not None and resumed.finished:
+        if rank == ROOT:
+            say(f"mpisim: the run in {resumed.directory} has finished its {cfg.run.rounds} rounds: nothing "
+                f"to do, nothing changed (to go on, resume it with a larger --run.rounds)")
+        return 0
+    log = _agreed(world, lambda: _run_dir(cfg, protocol.run_name(cfg, plan), resumed) if rank == ROOT else None)
+    summary = run(world, protocol, cfg, plan, log, resumed=resumed, stops=stops)
     if rank == ROOT:
         say(protocol.headline(summary))
         for line in summary.pop("_lines"):
@@ -427,9 +531,11 @@ def main(protocol: type[Protocol], argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLog | None) -> dict | None:
+def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLog | None, *,
+        resumed: Resumed | None = None, stops: signals.StopSignals | None = None) -> dict | None:
     """The rounds of one run (every rank calls it); the summary on rank 0, None elsewhere."""
     rank = world.Get_rank()
+    stops = stops or signals.catch()
     start = time.perf_counter()
     role = protocol.create(world, cfg, plan)
     if log is not None:
@@ -437,7 +543,6 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
             log.save_json(name, value)
     setup_seconds = time.perf_counter() - start
     adversary = "adversary" in protocol.traffic
-    schedule = eval_rounds(cfg.run)
 
     def record(t: int, clock: float) -> dict | None:
         report = (role.role, role.train_loss(), role.traffic.as_dict())
@@ -455,42 +560,46 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
 
     # Where every rank writes its checkpoints (rank 0 made the directory).
     directory = Path(mpi.bcast_small(world, None if log is None else str(log.dir), root=ROOT))
-    first, seconds_before, lines = 0, 0.0, 0
-    if cfg.run.resume:
-        meta = checkpoint.latest(directory)
-        _restore(role, checkpoint.read_rank(directory, meta, rank))
-        first, seconds_before, lines = meta.round, meta.seconds, meta.metrics_lines
+    first, seconds_before = 0, 0.0
+    if resumed is not None:
+        exit_if(world, _restored(role, resumed))
+        first, seconds_before = resumed.meta.round, resumed.meta.seconds
+        resumed.state = None  # the tensors are in the role now
     every = cfg.run.checkpoint_every
 
     def save(t: int, clock: float) -> None:
         """Checkpoint after round t (collective): every rank's file, then rank 0 commits."""
         with role.timer("checkpoint"):
-            checkpoint.write_rank(directory, t, rank, {
+            digest = checkpoint.write_rank(directory, t, rank, {
                 "role": role.state_dict(), "traffic": role.traffic.as_dict(), "phases": dict(role.timer.totals)})
-            mpi.barrier(world)
+            digests = mpi.gather_small(world, digest, root=ROOT)
             if rank == ROOT:
-                checkpoint.commit(directory, checkpoint.Meta(round=t, world_size=world.Get_size(),
-                                                             seconds=time.perf_counter() - clock,
-                                                             metrics_lines=lines))
+                files = {checkpoint.rank_file(r): {"bytes": g.bytes, "sha256": g.sha256}
+                         for r, g in enumerate(digests)}
+                checkpoint.commit(directory, checkpoint.Meta(
+                    round=t, world_size=world.Get_size(), seconds=time.perf_counter() - clock,
+                    metrics_lines=log.records, metrics_bytes=log.bytes, metrics_sha256=log.sha256(),
+                    files=files), keep=cfg.run.checkpoint_keep)
 
     mpi.barrier(world)  # every rank is set up: the clock starts for all
     clock = time.perf_counter() - seconds_before  # a resumed run's clock goes on
     if first == 0:
-        last, lines = record(0, clock), 1
+        last = record(0, clock)
     else:
         last = metrics.read_jsonl(directory / "metrics.jsonl")[-1] if rank == ROOT else None
     progress = progress_bar(cfg.run.rounds, rank == ROOT and cfg.run.progress, unit=protocol.unit,
                             initial=first)
-    stops = StopSignals()
     for t in range(first + 1, cfg.run.rounds + 1):
         role.step(t)
-        if t in schedule:
-            last, lines = record(t, clock), lines + 1
+        if evaluated(t, cfg.run):
+            last = record(t, clock)
             key = role.headline
             if last is not None and key and finite(last.get(key)):
                 progress.set_postfix({key.removeprefix("test_"): f"{last[key]:.4g}"}, refresh=False)
         progress.update(1)
         stop = mpi.any_rank(world, stops.seen is not None) and t < cfg.run.rounds
+        if stop:
+            stops.ignore()  # stopping now: a further signal must not end the process another way
         if stop or (every and (t % every == 0 or t == cfg.run.rounds)):
             save(t, clock)
         if stop:
@@ -500,7 +609,7 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
                 say(f"mpisim: stopped by a signal after round {t}, with a checkpoint: go on with "
                     f"--run.resume {directory}", sys.stderr)
             sys.exit(checkpoint.EXIT_CHECKPOINTED)
-    stops.restore()
+    signals.release()
     progress.close()
     loop_seconds = time.perf_counter() - clock
 

@@ -111,3 +111,12 @@ class ErmHost(AgentHost):
 
     def report(self) -> dict:
         return {"erm": self.results}
+
+    # The ERMs' figures belong to the run's state: a run resumed after its one round (a checkpoint
+    # at round 1) reports them as the uninterrupted run does.
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "erm": self.results}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.results = {int(i): dict(info) for i, info in state["erm"].items()}

@@ -164,14 +164,27 @@ class SharedWindows:
         """The windows, or None when the node's shared memory cannot hold them (every rank calls it).
 
         A container's /dev/shm is often small (64 MB by default in Docker), and
-        touching a shared page past its limit kills the process, so rank 0
-        checks the free space first; unless MPISIM_TRANSPORT=shared insists,
-        a block that does not fit with a margin goes through the collectives."""
-        need = 4 * d * (plan.placement.n + 1)
-        fits = mpi.bcast_small(world, mpi.shared_memory_free() > 2 * need if world.Get_rank() == SERVER
-                               else None, root=SERVER)
-        if not fits and mpi.TRANSPORT != "shared":
+        touching a shared page past its limit kills the process (SIGBUS, no
+        message), so rank 0 measures the free space first and every rank
+        decides from its figure: windows that do not fit with a margin go
+        through the collectives; under MPISIM_TRANSPORT=shared, windows that
+        do not fit at all stop every rank with a message (exit 2) before any
+        page is touched."""
+        need = mpi.SharedBlock.footprint((d,)) + mpi.SharedBlock.footprint((plan.placement.n, d))
+        free = mpi.bcast_small(world, mpi.shared_memory_free() if world.Get_rank() == SERVER else None,
+                               root=SERVER)
+        if free is not None and free > 2 * need:
+            return cls(world, plan, d)
+        if mpi.TRANSPORT != "shared":
             return None
+        if free is not None and free < need:
+            driver.exit_if(world, (
+                f"MPISIM_TRANSPORT=shared: the server mode's shared-memory windows (the model and the "
+                f"{plan.placement.n} x {d} block of messages) need {need:,} bytes of /dev/shm, which has "
+                f"{free:,} bytes free; touching a page past that would kill the job (SIGBUS). Run with "
+                f"MPISIM_TRANSPORT=auto (the default: the collectives when the windows do not fit) or "
+                f"MPISIM_TRANSPORT=collectives, or give the node a larger /dev/shm (Docker: "
+                f"`docker run --shm-size=1g ...`; as root: `mount -o remount,size=1G /dev/shm`)"))
         return cls(world, plan, d)
 
     @staticmethod
@@ -257,6 +270,7 @@ class ServerRole(driver.Role):
                                                                           beta=beta)
         self.feedback = self.uplink is not None and cfg.compression.error_feedback
         self.vote = self.broadcasts and agg.name == "majority_vote"
+        self.whole = True  # whether rank 0's copy of the model is current in every slice
 
     @staticmethod
     def step_sizes(cfg):
@@ -270,6 +284,7 @@ class ServerRole(driver.Role):
 
     def step(self, t: int) -> None:
         w, timer, traffic = self.state.model, self.timer, self.traffic
+        self.whole = not self.sharded
         if self.windows is not None:
             windows, size = self.windows, self.world.Get_size()
             with timer("bcast"):
@@ -313,16 +328,21 @@ class ServerRole(driver.Role):
         take_step(self.state.model, filtered, 1.0 if self.feedback else self.step_size(t - 1),
                   self.cfg.optim.project_radius, total=self.sums.sum if self.sharded else None)
 
+    def _gather_whole(self) -> None:
+        """Give rank 0 every slice of the current model, unless it has them (the server ranks call it
+        together; not counted as traffic)."""
+        if not self.whole:
+            mpi.allgather_slices(self.server_comm, self.problem.model.flat.numpy(), bounds=self.bounds)
+            self.whole = True
+
     def evaluate(self) -> dict | None:
         with self.timer("eval"):
-            if self.sharded:  # rank 0 needs every slice of this round's model (not counted as traffic)
-                mpi.allgather_slices(self.server_comm, self.problem.model.flat.numpy(), bounds=self.bounds)
-                if self.world.Get_rank() != SERVER:
-                    return None
-            return self.problem.evaluate()
+            self._gather_whole()
+            return self.problem.evaluate() if self.world.Get_rank() == SERVER else None
 
     def final_arrays(self) -> dict[str, np.ndarray]:
-        # The last round is always evaluated, so rank 0's model is whole.
+        # Not "the last round was evaluated": a resumed run that has no round left evaluates nothing.
+        self._gather_whole()
         return {"model": self.problem.model.flat.numpy()} if self.world.Get_rank() == SERVER else {}
 
     def summary(self, final: dict, diverged: bool) -> dict:
@@ -360,6 +380,7 @@ class ServerRole(driver.Role):
 
     def load_state_dict(self, state: dict) -> None:
         self.state.load_state_dict(state["server"])
+        self.whole = not self.sharded  # each server rank's file holds its own slice only
 
 
 def take_step(w: torch.Tensor, direction: torch.Tensor, step: float, radius: float, total=None) -> None:
