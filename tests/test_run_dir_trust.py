@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
+import torch
 
 from mpisim import checkpoint, metrics
 from mpisim.mpi import launcher
@@ -72,11 +72,12 @@ def refused(result, *words):
 def rewrite_meta(run_dir, t, **changes):
     """Edit a checkpoint's meta.json as a malicious or careless hand would: fields changed, its own
     digest recomputed, so only the other checks can catch it."""
-    path = run_dir / "checkpoint" / checkpoint.name(t) / "meta.json"
+    path = run_dir / "checkpoint" / f"round-{t:06d}" / "meta.json"
     fields = json.loads(path.read_text())
-    fields.pop("meta_sha256")
+    signed = fields.pop("meta_sha256", None) is not None
     fields.update(changes)
-    fields["meta_sha256"] = checkpoint._fields_digest(fields)
+    if signed:  # the SHA-256 of the fields as canonical JSON (sorted keys), as documented
+        fields["meta_sha256"] = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     path.write_text(json.dumps(fields))
 
 
@@ -188,12 +189,13 @@ def test_a_rank_file_that_would_run_code_is_refused_without_running_it(tmp_path,
     run_dir = copy_of
     marker = tmp_path / "pwned"
     rank_file = run_dir / "checkpoint" / "round-000020" / "rank-0001.pt"
-    data = checkpoint.encode({"role": _Payload(marker)})  # torch.save pickles it
-    rank_file.write_bytes(data)
+    torch.save({"role": _Payload(marker)}, rank_file)  # pickled, as torch.save does
+    data = rank_file.read_bytes()
     # Its digest recorded too: only the loader itself stands between the file and the shell.
     meta = json.loads((run_dir / "checkpoint" / "round-000020" / "meta.json").read_text())
-    files = {**meta["files"], "rank-0001.pt": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
-    rewrite_meta(run_dir, 20, files=files)
+    if "files" in meta:
+        files = {**meta["files"], "rank-0001.pt": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}}
+        rewrite_meta(run_dir, 20, files=files)
 
     refused(resume(run_dir), "round-000020/rank-0001.pt", "cannot be loaded as tensors and plain values")
     assert not marker.exists()
