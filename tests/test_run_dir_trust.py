@@ -264,9 +264,14 @@ def test_one_round_resumed_after_its_checkpoint_reports_like_the_whole_run(tmp_p
     assert resumed["erm"] == whole["erm"] and resumed["final"] == whole["final"]
 
 
-def test_a_resumed_runs_config_does_not_resume_again_when_reused(tmp_path, copy_of):
+def test_a_resumed_run_keeps_foreign_directories_and_its_config_does_not_resume_again(tmp_path, copy_of):
     run_dir = copy_of
+    for mine in ("backup-of-20", "notes"):  # a user's directories beside the checkpoints (item 11)
+        (run_dir / "checkpoint" / mine).mkdir()
+        (run_dir / "checkpoint" / mine / "keep.txt").write_text("mine")
     assert resume(run_dir, "--run.rounds", "30").returncode == 0
+    assert all((run_dir / "checkpoint" / mine / "keep.txt").read_text() == "mine"
+               for mine in ("backup-of-20", "notes"))
     saved = (run_dir / "config.toml").read_text()
     assert 'resume = ""' in saved and "resume_fallback = false" in saved
     reused = launcher.run(3, ["-m", "mpisim.server_mode", "--config", str(run_dir / "config.toml"),
