@@ -20,12 +20,12 @@ log t = a + b log n + c log d for every rule.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
 import statistics
 import sys
-import io
 import time
 from pathlib import Path
 
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import machine  # noqa: E402
-from mpisim.rules import aggregators as A  # noqa: E402
 from mpisim.metrics import atomic_write  # noqa: E402
+from mpisim.rules import aggregators as A  # noqa: E402
 
 FULL_N = (10, 50, 100)
 FULL_D = (10_000, 431_080, 1_000_000)
@@ -169,14 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         for d in ds:
             gen = torch.Generator().manual_seed(n * 1_000_003 + d)
             x = torch.randn(n, d, generator=gen)
+            # The jobs read x when they are called, all before the `del x` below (which is what F821 sees).
             jobs = []
             for r in rules:
                 f = choose_f(A.REGISTRY[r].check, n)
-                jobs.append((r, f, lambda r=r, f=f: A.REGISTRY[r](x, f=f)))
+                jobs.append((r, f, lambda r=r, f=f: A.REGISTRY[r](x, f=f)))  # noqa: F821
             for p in pres:
                 f = choose_f(A.PRE_REGISTRY[p].check, n)
                 rng = torch.Generator().manual_seed(0)
-                jobs.append((f"pre:{p}", f, lambda p=p, f=f, rng=rng: A.PRE_REGISTRY[p](x, f=f, rng=rng)))
+                jobs.append((f"pre:{p}", f, lambda p=p, f=f, rng=rng: A.PRE_REGISTRY[p](x, f=f, rng=rng)))  # noqa: F821
             for name, f, call in jobs:
                 base = name.split(":")[-1]
                 mem_gb = n * d * 4 * (1 + EXTRA_COPIES.get(base, 0.25)) / 1e9

@@ -30,12 +30,11 @@ Prints a table and saves benchmarks/results/round_breakdown.json.
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
-
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from common import MNIST_DIR, machine, markdown_table, run_job, save_json
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from common import machine, markdown_table, save_json
-
 from mpisim import metrics
 
 
@@ -47,7 +46,10 @@ def main() -> None:
     table = markdown_table(["lines", "seconds", "ms per line"],
                            [[r["lines"], f"{r['seconds']:.2f}", f"{r['ms_per_line']:.3f}"] for r in rows])
     print(table)
-    print(f"saved {save_json('runlog.json', {'benchmark': __doc__.split(chr(10))[0], 'command': 'python benchmarks/bench_runlog.py --lines ' + args.lines, 'machine': machine(), 'results': rows, 'table': table})}")
+    saved = save_json("runlog.json", {"benchmark": __doc__.split("\n")[0],
+                                      "command": "python benchmarks/bench_runlog.py --lines " + args.lines,
+                                      "machine": machine(), "results": rows, "table": table})
+    print(f"saved {saved}")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,17 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import MNIST_DIR, RESULTS, curve_series, load_results, made_by, markdown_table, run_grid, save_json
-from common import add_cluster_options
+from common import (
+    MNIST_DIR,
+    RESULTS,
+    add_cluster_options,
+    curve_series,
+    load_results,
+    made_by,
+    markdown_table,
+    run_grid,
+    save_json,
+)
 
 DECENTRALIZED = "mpisim.decentralized"
 

@@ -21,7 +21,7 @@ MNIST_DIR = Path(os.environ.get("MPISIM_MNIST_DIR", ROOT.parent / "shared" / "da
 
 sys.path.insert(0, str(ROOT))
 
-from mpisim import metrics
+from mpisim import metrics  # noqa: E402
 from mpisim.mpi import launcher  # noqa: E402
 
 # The exit status of a job that saved a checkpoint and stopped (EX_TEMPFAIL):

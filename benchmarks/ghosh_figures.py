@@ -152,7 +152,7 @@ def regression(args) -> None:
                          legend_title=f"median over {args.seeds} seeds, band: min-max")
     rows = final_table(results, [(f"{m}, alpha m = {b}", f"{m}|{b}") for b in BYZANTINE for m in METHODS]
                        + [("GD, no fault, no compression", "GD, no fault|0")], args.seeds, "distance_to_optimum")
-    table = markdown_table(["method", f"final ||w - w*|| (median over seeds)", "min - max", "seeds"], rows)
+    table = markdown_table(["method", "final ||w - w*|| (median over seeds)", "min - max", "seeds"], rows)
     print(f"\nleast squares after {args.rounds} iterations, lr {args.lr}:\n\n{table}")
     save_json("ghosh_regression.json", {
         "benchmark": "Ghosh et al. Figures 1-3", "settings": settings, "made_on": made_by(results),
@@ -169,7 +169,7 @@ def mnist(args) -> None:
                    "b": ("label_flip", ("thresholding", "vanilla")),
                    "c": ("label_flip", ("EF + thresholding", "EF"))}
     cells = {}
-    for panel, (fault, methods) in panels_spec.items():
+    for fault, methods in panels_spec.values():
         for byz in MNIST_COUNTS:
             for method in methods:
                 for s in range(args.seeds):

@@ -6,11 +6,11 @@
 #                      cluster's module) instead of the MPICH wheel
 #   PYTHON=python3.X   the interpreter that creates the venv
 #
-# It reinstalls only when setup.cfg or the choice of MPI changed, so calling
-# it before every run costs a fraction of a second. Calls that overlap (the
-# tasks of a SLURM job array starting together on a shared file system) take
-# turns on a lock file in the venv's directory (flock, where the system has
-# it): the first one builds, the others wait and then find the venv ready.
+# It reinstalls only when pyproject.toml or the choice of MPI changed, so
+# calling it before every run costs a fraction of a second. Calls that overlap
+# (the tasks of a SLURM job array starting together on a shared file system)
+# take turns on a lock file in the venv's directory (flock, where the system
+# has it): the first one builds, the others wait and then find the venv ready.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MPISIM_VENV:-$root/.venv}"
@@ -35,7 +35,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 stamp="$venv/.mpisim-installed"
-want="$(cat "$root/setup.cfg" "$root/pyproject.toml" | sha256sum | cut -c1-16) $extras"
+want="$(sha256sum < "$root/pyproject.toml" | cut -c1-16) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "mpisim: installing the package and its dependencies ($extras) into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \

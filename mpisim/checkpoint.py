@@ -78,7 +78,7 @@ class Digest:
     sha256: str
 
     @classmethod
-    def of(cls, data: bytes) -> "Digest":
+    def of(cls, data: bytes) -> Digest:
         return cls(len(data), hashlib.sha256(data).hexdigest())
 
 

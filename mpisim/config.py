@@ -23,15 +23,20 @@ import dataclasses
 import io
 import math
 import sys
-import tomllib
 import types
 import typing
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import tomli_w
+
+try:  # the standard library's from Python 3.11; tomli, its origin, before
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):
@@ -495,7 +500,7 @@ def _help_text(cls) -> str:
     for section, section_cls in _sections(cls).items():
         doc = " ".join((section_cls.__doc__ or "").split()).partition(": ")[2]
         out.write(f"\n  [{section}]" + (f"  {doc}" if doc else "") + "\n")
-        for name, (annotation, fld) in _fields(section_cls).items():
+        for name, (_annotation, fld) in _fields(section_cls).items():
             default = getattr(getattr(defaults, section), name)
             shown = dict(default) if isinstance(default, Mapping) else default
             shown = list(shown) if isinstance(shown, tuple) else shown
@@ -834,7 +839,7 @@ def _validate_sharding(cfg: ServerModeConfig) -> None:
             f"a compressed uplink ({cfg.compression.codec}) encodes whole vectors, which cannot be cut into "
             f"the server's {S} slices; use --server.ranks 1 with compression")
     require(cfg.aggregator.name != "majority_vote", "server.ranks",
-            f"majority_vote's downlink is the packed vote of the whole model; use --server.ranks 1")
+            "majority_vote's downlink is the packed vote of the whole model; use --server.ranks 1")
     d = _model_size(cfg)
     require(S <= d, "server.ranks", f"{S} server ranks would leave some without a coordinate: the model has "
                                     f"d = {d} parameters")

@@ -22,9 +22,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
-
+from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -217,11 +217,11 @@ class PhaseTimer:
         self._phase: str | None = None
         self._start = 0.0
 
-    def __call__(self, phase: str) -> "PhaseTimer":
+    def __call__(self, phase: str) -> PhaseTimer:
         self._phase = phase
         return self
 
-    def __enter__(self) -> "PhaseTimer":
+    def __enter__(self) -> PhaseTimer:
         self._start = time.perf_counter()
         return self
 

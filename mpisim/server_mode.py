@@ -13,7 +13,7 @@ from . import signals
 signals.catch()  # first: a stop signal during the imports and the set-up is kept, not fatal
 
 from .protocols import driver  # noqa: E402
-from .protocols.server import ServerMode
+from .protocols.server import ServerMode  # noqa: E402
 
 main = driver.entry_point(ServerMode)
 

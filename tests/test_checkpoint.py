@@ -1,7 +1,6 @@
 """Checkpoint files, the run directory's lock and the checks a resume makes (pure; no MPI)."""
 
 import hashlib
-import json
 import os
 import time
 

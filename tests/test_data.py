@@ -52,7 +52,7 @@ def test_read_idx_rejects_bad_magic_and_short_data(tmp_path):
 def test_load_reads_uncompressed_files_from_any_directory(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     labels = np.array([0, 1, 2, 9, 4], dtype=np.uint8)
-    for split, (img, lab) in {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    for _split, (img, lab) in {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}.items():
         write_idx(tmp_path / img, images)
         write_idx(tmp_path / lab, labels)

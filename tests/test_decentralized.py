@@ -31,7 +31,7 @@ def test_one_rank_reads_every_neighbour_from_memory():
     assert sorted(state.message_row) == [(2, 0), (2, 1), (2, 3), (2, 4)]
     for k in range(6):
         state.models[k].fill_(float(k))
-    for (i, j), row in state.message_row.items():
+    for (_, j), row in state.message_row.items():
         state.pool[row].fill_(100.0 + j)
 
     received = state.received(0)[:, 0].tolist()  # neighbours of 0: 1, 2, 4, 5
@@ -133,8 +133,8 @@ def test_bridge_t_step_matches_eq_7_by_hand():
 def test_a_byzantine_node_with_few_neighbours_does_not_screen():
     # Node 4 is Byzantine with a single neighbour: too few for b = 1, which
     # the graph check only guarantees for honest nodes.
-    from mpisim.rules import screening
     from mpisim.protocols.decentralized import screen_all
+    from mpisim.rules import screening
 
     adj = np.zeros((5, 5), dtype=bool)
     for i, j in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (0, 4)]:

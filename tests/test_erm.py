@@ -1,7 +1,6 @@
 """Local ERM of the one-round algorithm: the exact least-squares solution, L-BFGS to a gradient tolerance."""
 
 import numpy as np
-import pytest
 import torch
 
 from mpisim.learning import erm, models

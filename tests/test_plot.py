@@ -287,8 +287,9 @@ def test_plots_of_real_runs_of_every_protocol(mpirun, tmp_path):
     assert len(dec.lines) == 1 and np.isfinite(dec.lines[0].get_ydata()[1:]).all()
     assert len(both.axes[0].lines) == 2 and legend_labels(both) == ["server", "once"]
     assert json.loads((once / "summary.json").read_text())["mode"] == "one_round"
-    result = subprocess.run([sys.executable, "-m", "mpisim.plot", str(nodes), str(server), "--x", "bytes", "--y", "test_loss",
-                             "-o", str(tmp_path / "mixed.png")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "mpisim.plot", str(nodes), str(server), "--x", "bytes",
+                             "--y", "test_loss", "-o", str(tmp_path / "mixed.png")],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr  # each run's own uplink: nodes_sent and agents_sent
     assert (tmp_path / "mixed.png").read_bytes().startswith(PNG)
 

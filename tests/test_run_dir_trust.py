@@ -20,8 +20,7 @@ import torch
 
 from mpisim import checkpoint, metrics
 from mpisim.mpi import launcher
-
-from test_resume import CASES, SMALL, finish, ranks, resume, start
+from test_resume import CASES, finish, ranks, resume, start
 
 pytestmark = pytest.mark.processes
 

@@ -15,7 +15,6 @@ from mpisim import seeding
 from mpisim.graphs import topology as T
 from mpisim.rules import screening
 
-
 # --------------------------------------------------------------------------
 # Hand-built graphs and an independent checker
 # --------------------------------------------------------------------------

@@ -25,17 +25,18 @@ are :func:`mpisim.datasets.partition.partition`, the per-agent batch sampler
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 # ``partition`` and ``sampler`` stay the modules (``datasets.partition.partition(...)``,
 # ``datasets.sampler.Sampler``): binding the function ``partition`` here would hide its module.
 from . import cifar, idx, partition, sampler, synthetic
-from .base import Dataset, DataError, normalize, prepare_inputs
+from .base import DataError, Dataset, normalize, prepare_inputs
 from .idx import idx_shape, read_idx
 from .partition import PARTITIONS, Partition
 from .sampler import Sampler

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Dataset, DataError
+from .base import DataError, Dataset
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

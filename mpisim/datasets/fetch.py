@@ -66,9 +66,10 @@ import threading
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 _CHUNK = 1 << 20
 # The cap of a file whose size nobody wrote down (only a Source made by hand

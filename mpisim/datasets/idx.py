@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Dataset, DataError
+from .base import DataError, Dataset
 
 _DTYPES = {
     0x08: np.dtype(np.uint8),

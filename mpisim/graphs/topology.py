@@ -20,9 +20,10 @@ Conventions
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import combinations
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

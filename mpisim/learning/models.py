@@ -35,14 +35,15 @@ send random models. What is measured on a trained model is the business of
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .. import seeding
 
@@ -336,7 +337,7 @@ def _flat_view(flat: torch.Tensor, offset: int, shape: torch.Size) -> torch.Tens
     return chunk.view(shape)
 
 
-def flat_views(model: "FlatModel", flat: torch.Tensor) -> list[torch.Tensor]:
+def flat_views(model: FlatModel, flat: torch.Tensor) -> list[torch.Tensor]:
     """Views of a flat vector (d,), any dtype, shaped as ``model``'s parameters in their order
     (the layout of ``model.flat``): gradient rows, or float64 copies of the parameters."""
     views, offset = [], 0

@@ -8,7 +8,7 @@ and w R / ||w|| outside: the closest point of the ball.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -18,7 +18,7 @@ same step sizes from the round number alone.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["SCHEDULES", "check", "build"]
 

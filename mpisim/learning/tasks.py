@@ -25,8 +25,9 @@ the other kind.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -152,7 +153,7 @@ class Regression:
         return metrics
 
 
-Task = Union[Classification, Regression]
+Task = Classification | Regression
 
 
 def make(*, kind: str, model_name: str, optimum: Any = None) -> Task:

@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from collections import defaultdict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from mpi4py import MPI

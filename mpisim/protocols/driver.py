@@ -30,9 +30,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -259,7 +260,7 @@ def _restore(role: Role, state: dict) -> None:
     role.timer.totals.update(state["phases"])
 
 
-def _restored(role: Role, resumed: "Resumed") -> str | None:
+def _restored(role: Role, resumed: Resumed) -> str | None:
     """Restore this rank's state; the error every rank exits with if it does not fit the run."""
     try:
         _restore(role, resumed.state)

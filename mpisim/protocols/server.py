@@ -160,7 +160,7 @@ class SharedWindows:
         self.agent_ranks = list(range(plan.placement.first, plan.placement.world_size))
 
     @classmethod
-    def build(cls, world: mpi.Comm, plan: ServerPlan, d: int) -> "SharedWindows | None":
+    def build(cls, world: mpi.Comm, plan: ServerPlan, d: int) -> SharedWindows | None:
         """The windows, or None when the node's shared memory cannot hold them (every rank calls it).
 
         A container's /dev/shm is often small (64 MB by default in Docker), and

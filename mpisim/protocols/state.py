@@ -14,7 +14,7 @@ Later protocols add their memories (error feedback, momentum) to
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

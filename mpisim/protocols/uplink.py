@@ -25,7 +25,7 @@ sees, and read the sent norms when the payloads carry a side norm.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch

@@ -60,8 +60,9 @@ import functools
 import inspect
 import math
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -984,7 +985,7 @@ def mom(x: Tensor, *, f: int, groups: int | None = None, tol: float = 1e-7,
     ``geomed``. Output: average scale. Needs l | n and l > 2f.
     """
     n, d = x.shape
-    l = _mom_groups(n, f, groups)
+    l = _mom_groups(n, f, groups)  # noqa: E741 - the paper's name for the number of groups
     means = x.reshape(l, n // l, d).mean(dim=1)
     return _geometric_median(means, tol, max_iter, eps, sharding)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from mpisim.mpi import comm as mpi
 from mpisim.graphs.exchange import GraphPlan, MessagePool
+from mpisim.mpi import comm as mpi
 from mpisim.placement import Placement
 
 pytestmark = pytest.mark.mpi(min_size=3)

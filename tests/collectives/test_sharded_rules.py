@@ -6,7 +6,6 @@ run on the whole block: bit for bit for the coordinate-wise rules, to float
 rounding for the rules that sum whole-row quantities over the slices.
 """
 
-import numpy as np
 import pytest
 import torch
 from mpi4py import MPI
