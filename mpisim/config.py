@@ -840,6 +840,10 @@ def _validate_sharding(cfg: ServerModeConfig) -> None:
             f"the server's {S} slices; use --server.ranks 1 with compression")
     require(cfg.aggregator.name != "majority_vote", "server.ranks",
             "majority_vote's downlink is the packed vote of the whole model; use --server.ranks 1")
+    from .rules import aggregators
+
+    problem = aggregators.sharding_problem(cfg.aggregator.name, cfg.aggregator.pre)
+    require(problem is None, "server.ranks", f"{S} server ranks: {problem}")
     d = _model_size(cfg)
     require(S <= d, "server.ranks", f"{S} server ranks would leave some without a coordinate: the model has "
                                     f"d = {d} parameters")

@@ -118,8 +118,8 @@ KINDS: Mapping[str, Registry] = MappingProxyType({
     "rule": rules, "pre_aggregator": pre_aggregators, "attack": attacks, "screening": screenings,
     "codec": codecs, "model": models, "dataset": datasets, "partition": partitions})
 
-# Who registers: "mpisim" while the built-ins load, a plugin's name while it is imported.
-_origin = ["mpisim"]
+# Who registers: a plugin's name while it is imported (see :func:`current_origin`).
+_origin: list[str] = []
 
 
 class origin:
@@ -136,15 +136,25 @@ class origin:
         _origin.pop()
 
 
-def current_origin() -> str:
-    return _origin[-1]
+def current_origin(fn: Callable) -> str:
+    """Who registers ``fn``: the plugin being imported, else "mpisim" for the package's own
+    modules, else ``fn``'s module (a user registering from a script or a test)."""
+    if _origin:
+        return _origin[-1]
+    module = getattr(fn, "__module__", "") or ""
+    return "mpisim" if module == "mpisim" or module.startswith("mpisim.") else module or "unknown"
 
 
 def keyword_defaults(fn: Callable, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The keyword-only parameters of ``fn`` that have defaults, but those in ``skip``."""
-    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-            and name not in skip}
+    """The keyword-only parameters of ``fn`` (but those in ``skip``) with their defaults: a
+    component's parameters, each of which must have a default (what a config leaves out)."""
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is p.KEYWORD_ONLY and p.name not in skip:
+            if p.default is p.empty:
+                raise RegistryError(f"parameter {p.name!r} of {fn.__name__} needs a default")
+            out[p.name] = p.default
+    return out
 
 
 def first_line(fn: Callable) -> str:

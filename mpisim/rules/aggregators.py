@@ -67,6 +67,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import registry
+
 __all__ = [
     "REGISTRY",
     "PRE_REGISTRY",
@@ -102,10 +104,11 @@ __all__ = [
 
 Tensor = torch.Tensor
 
-#: config name -> rule ``fn(x, *, f, **params) -> Tensor``; each has ``fn.check``.
-REGISTRY: dict[str, Callable[..., Tensor]] = {}
-#: config name -> step ``pre(x, *, f, rng, **params) -> (x2, f2)``.
-PRE_REGISTRY: dict[str, Callable[..., tuple[Tensor, int]]] = {}
+#: config name -> rule ``fn(x, *, f, **params) -> Tensor``; each has ``fn.check``
+#: (:data:`mpisim.registry.rules`: the one registry, built-ins and plugins alike).
+REGISTRY = registry.rules
+#: config name -> step ``pre(x, *, f, rng, **params) -> (x2, f2)`` (:data:`mpisim.registry.pre_aggregators`).
+PRE_REGISTRY = registry.pre_aggregators
 
 
 # --------------------------------------------------------------------------
@@ -217,16 +220,6 @@ def _nf_problems(rule: str, n: Any, f: Any) -> str | None:
     return None
 
 
-def _keyword_defaults(fn: Callable, skip: tuple[str, ...]) -> dict[str, Any]:
-    out = {}
-    for p in inspect.signature(fn).parameters.values():
-        if p.kind is p.KEYWORD_ONLY and p.name not in skip:
-            if p.default is p.empty:
-                raise TypeError(f"parameter {p.name!r} of {fn.__name__} needs a default")
-            out[p.name] = p.default
-    return out
-
-
 def _as_matrix(rule: str, x: Any) -> Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{rule}: x must be a torch.Tensor, got {type(x).__name__}")
@@ -243,20 +236,26 @@ def _as_matrix(rule: str, x: Any) -> Tensor:
 # Registries
 # --------------------------------------------------------------------------
 
-def register(name: str, *, check: Callable[..., str | None],
-             validators: Mapping[str, Callable] | None = None):
-    """Register an aggregation rule under its config name.
+def register(name: str, *, check: Callable[..., str | None], coordinatewise: bool,
+             validators: Mapping[str, Callable] | None = None, reference: str = "", description: str = ""):
+    """Register an aggregation rule under its config name (:data:`mpisim.registry.rules`).
 
     ``check(n, f, **params)`` receives every keyword parameter (defaults filled
     in) after n, f and the parameter values have passed the generic checks,
     and returns a message or None. The decorated function gains
     ``fn.check(n, f, **params)`` and ``fn.defaults``, validates before it runs
     and raises ``ValueError`` on an impossible setting.
+
+    ``coordinatewise`` promises that output column j depends on input column j
+    alone: such a rule runs on a sharded server rank's slice as it is. A rule
+    that is not coordinate-wise must take ``sharding`` (:class:`Sharding`) to
+    run on a sharded server; one that does neither is refused there
+    (:func:`sharding_problem`).
     """
     validators = dict(validators or {})
 
     def deco(impl: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        defaults = _keyword_defaults(impl, skip=("f", "sharding"))
+        defaults = registry.keyword_defaults(impl, skip=("f", "sharding"))
         whole_rows = _takes_sharding(impl)  # coordinate-wise rules never need the other slices
 
         def check_fn(n: int, f: int, **params) -> str | None:
@@ -277,22 +276,27 @@ def register(name: str, *, check: Callable[..., str | None],
         rule.defaults = dict(defaults)
         rule.validators = validators
         rule.config_name = name
-        REGISTRY[name] = rule
+        REGISTRY.add(registry.Entry(
+            kind="rule", name=name, obj=rule, params=dict(defaults), check=check_fn,
+            description=description or registry.first_line(impl), reference=reference,
+            properties={"coordinatewise": coordinatewise, "sharding": whole_rows},
+            origin=registry.current_origin(impl)))
         return rule
 
     return deco
 
 
 def register_pre(name: str, *, check: Callable[..., str | None],
-                 out: Callable[..., tuple[int, int]],
-                 validators: Mapping[str, Callable] | None = None):
-    """Register a pre-aggregation step; like :func:`register`, plus
-    ``out(n, f, **params) -> (n2, f2)``: the number of rows after the step and
-    the bound on how many of them may be bad."""
+                 out: Callable[..., tuple[int, int]], coordinatewise: bool,
+                 validators: Mapping[str, Callable] | None = None, reference: str = "", description: str = ""):
+    """Register a pre-aggregation step (:data:`mpisim.registry.pre_aggregators`); like
+    :func:`register`, plus ``out(n, f, **params) -> (n2, f2)``: the number of rows after the
+    step and the bound on how many of them may be bad. ``coordinatewise``: as for rules
+    (bucketing is: every slice draws the same shuffle)."""
     validators = dict(validators or {})
 
     def deco(impl):
-        defaults = _keyword_defaults(impl, skip=("f", "rng", "sharding"))
+        defaults = registry.keyword_defaults(impl, skip=("f", "rng", "sharding"))
         whole_rows = _takes_sharding(impl)
 
         def check_fn(n: int, f: int, **params) -> str | None:
@@ -315,7 +319,11 @@ def register_pre(name: str, *, check: Callable[..., str | None],
         step.defaults = dict(defaults)
         step.validators = validators
         step.config_name = name
-        PRE_REGISTRY[name] = step
+        PRE_REGISTRY.add(registry.Entry(
+            kind="pre_aggregator", name=name, obj=step, params=dict(defaults), check=check_fn,
+            description=description or registry.first_line(impl), reference=reference,
+            properties={"coordinatewise": coordinatewise, "sharding": whole_rows, "out": step.out},
+            origin=registry.current_origin(impl)))
         return step
 
     return deco
@@ -328,6 +336,25 @@ def check(name: str, n: int, f: int, params: Mapping[str, Any] | None = None) ->
     if rule is None:
         return f"unknown aggregator {name!r}; known aggregators: {', '.join(sorted(REGISTRY))}"
     return rule.check(n, f, **dict(params or {}))
+
+
+def sharding_problem(name: str, pre: Sequence[str] = ()) -> str | None:
+    """Why rule ``name`` after the steps ``pre`` cannot run on a sharded server (None if it can):
+    each must be coordinate-wise or take the whole-row sums (``sharding``). Without either, it
+    would be computed on each slice of the columns alone, a different rule, without a word."""
+    for kind, registered, key in (("pre-aggregation step", PRE_REGISTRY, s) for s in pre):
+        if key in registered:
+            props = registered.entry(key).properties
+            if not (props["coordinatewise"] or props["sharding"]):
+                return (f"{kind} {key!r} is neither coordinate-wise nor takes the whole-row sums "
+                        f"(a 'sharding' argument), so it cannot run on a server split into slices")
+    if name in REGISTRY:
+        props = REGISTRY.entry(name).properties
+        if not (props["coordinatewise"] or props["sharding"]):
+            return (f"rule {name!r} is neither coordinate-wise nor takes the whole-row sums (a 'sharding' "
+                    f"argument), so it cannot run on a server split into slices: use --server.ranks 1, or "
+                    f"register it with coordinatewise=True if its output column j depends on column j alone")
+    return None
 
 
 def param_defaults(name: str) -> dict[str, Any]:
@@ -774,7 +801,7 @@ def _median_columns(x: Tensor) -> Tensor:
 # Rules from the CGE paper (Gupta, Liu, Vaidya; Sections 2.1 and 3.2)
 # --------------------------------------------------------------------------
 
-@register("mean", check=lambda n, f: None)
+@register("mean", coordinatewise=True, check=lambda n, f: None)
 def mean(x: Tensor, *, f: int) -> Tensor:
     """Plain average of the rows: D-SGD without a filter (not robust).
 
@@ -810,7 +837,7 @@ def _mean_rows(x: Tensor) -> Tensor:
     return torch.from_numpy(total).div_(n)
 
 
-@register("cge", check=_needs_honest_majority("cge"),
+@register("cge", coordinatewise=False, check=_needs_honest_majority("cge"),
           validators={"reduce": _v_choice("sum", "mean")})
 def cge(x: Tensor, *, f: int, reduce: str = "sum", sharding: Sharding = WHOLE) -> Tensor:
     """Comparative gradient elimination: keep the n - f smallest-norm rows.
@@ -830,7 +857,7 @@ def cge(x: Tensor, *, f: int, reduce: str = "sum", sharding: Sharding = WHOLE) -
     return _combine(x, w, torch.isfinite(norms))
 
 
-@register("cwtm", check=_needs_honest_majority("cwtm"))
+@register("cwtm", coordinatewise=True, check=_needs_honest_majority("cwtm"))
 def cwtm(x: Tensor, *, f: int) -> Tensor:
     """Coordinate-wise f-trimmed mean.
 
@@ -843,7 +870,7 @@ def cwtm(x: Tensor, *, f: int) -> Tensor:
     return _trimmed_mean_columns(x, f)
 
 
-@register("trimmed_mean", check=lambda n, f, beta: (
+@register("trimmed_mean", coordinatewise=True, check=lambda n, f, beta: (
     _needs_honest_majority("trimmed_mean")(n, f) if beta is None else None),
     validators={"beta": _v_fraction_below_half})
 def trimmed_mean(x: Tensor, *, f: int, beta: float | None = None) -> Tensor:
@@ -940,7 +967,7 @@ def _geometric_median(x: Tensor, tol: float, max_iter: int, eps: float,
     return _combine(x, w, torch.isfinite(norms))
 
 
-@register("geomed", check=_needs_honest_majority("geomed"), validators=_GEOMED_VALIDATORS)
+@register("geomed", coordinatewise=False, check=_needs_honest_majority("geomed"), validators=_GEOMED_VALIDATORS)
 def geomed(x: Tensor, *, f: int, tol: float = 1e-7, max_iter: int = 1000,
            eps: float = 1e-10, sharding: Sharding = WHOLE) -> Tensor:
     """Geometric median: the point minimising the sum of distances to the rows.
@@ -968,7 +995,7 @@ def geomed(x: Tensor, *, f: int, tol: float = 1e-7, max_iter: int = 1000,
     return _geometric_median(x, tol, max_iter, eps, sharding)
 
 
-@register("mom", check=_mom_check,
+@register("mom", coordinatewise=False, check=_mom_check,
           validators={"groups": _v_int(1, allow_none=True), **_GEOMED_VALIDATORS})
 def mom(x: Tensor, *, f: int, groups: int | None = None, tol: float = 1e-7,
         max_iter: int = 1000, eps: float = 1e-10, sharding: Sharding = WHOLE) -> Tensor:
@@ -1014,7 +1041,7 @@ def _krum_scores(D: Tensor, k: int) -> Tensor:
     return torch.topk(D, k, dim=1, largest=False).values.sum(dim=1)
 
 
-@register("multikrum", check=_krum_check("multikrum"),
+@register("multikrum", coordinatewise=False, check=_krum_check("multikrum"),
           validators={"m": _v_int(1, allow_none=True),
                       "neighbours": _v_choice("n-f-2", "n-f-1")})
 def multikrum(x: Tensor, *, f: int, m: int | None = None, neighbours: str = "n-f-2",
@@ -1046,7 +1073,7 @@ def multikrum(x: Tensor, *, f: int, m: int | None = None, neighbours: str = "n-f
     return _combine(x, w, torch.isfinite(norms))
 
 
-@register("krum", check=_krum_check("krum"),
+@register("krum", coordinatewise=False, check=_krum_check("krum"),
           validators={"neighbours": _v_choice("n-f-2", "n-f-1")})
 def krum(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding = WHOLE) -> Tensor:
     """Krum: the row with the smallest Krum score (multikrum with m = 1).
@@ -1062,7 +1089,7 @@ def krum(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding = W
 # Rules from Yin et al. (Definitions 1-2) and the BRSGD paper (Section 2.2)
 # --------------------------------------------------------------------------
 
-@register("median", check=_needs_honest_majority("median"))
+@register("median", coordinatewise=True, check=_needs_honest_majority("median"))
 def median(x: Tensor, *, f: int) -> Tensor:
     """Coordinate-wise median (Yin et al. 2018, Definition 1).
 
@@ -1074,7 +1101,7 @@ def median(x: Tensor, *, f: int) -> Tensor:
     return _median_columns(x)
 
 
-@register("meamed", check=_needs_honest_majority("meamed"))
+@register("meamed", coordinatewise=True, check=_needs_honest_majority("meamed"))
 def meamed(x: Tensor, *, f: int) -> Tensor:
     """Mean around the median, coordinate-wise.
 
@@ -1095,7 +1122,7 @@ def _bulyan_check(n, f, neighbours):
     return None
 
 
-@register("bulyan", check=_bulyan_check,
+@register("bulyan", coordinatewise=False, check=_bulyan_check,
           validators={"neighbours": _v_choice("n-f-2", "n-f-1")})
 def bulyan(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding = WHOLE) -> Tensor:
     """Bulyan over Krum (El Mhamdi, Guerraoui, Rouault 2018).
@@ -1137,7 +1164,7 @@ def bulyan(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding =
 # Ghosh et al. (Algorithms 1-2) and centered clipping
 # --------------------------------------------------------------------------
 
-@register("norm_threshold", check=lambda n, f, beta: (
+@register("norm_threshold", coordinatewise=False, check=lambda n, f, beta: (
     _needs_honest_majority("norm_threshold")(n, f) if beta is None else None),
     validators={"beta": _v_fraction_below_half})
 def norm_threshold(x: Tensor, *, f: int, beta: float | None = None,
@@ -1191,7 +1218,7 @@ def _average_smallest(x: Tensor, norms: Tensor, ok: Tensor, *, f: int, beta: flo
 # signSGD with majority vote (Bernstein et al. 2019)
 # --------------------------------------------------------------------------
 
-@register("majority_vote", check=_needs_honest_majority("majority_vote"))
+@register("majority_vote", coordinatewise=True, check=_needs_honest_majority("majority_vote"))
 def majority_vote(x: Tensor, *, f: int) -> Tensor:
     """signSGD's majority vote: the sign of each column's sum of signs, ties to +1.
 
@@ -1209,7 +1236,7 @@ def majority_vote(x: Tensor, *, f: int) -> Tensor:
     return torch.where(2 * negative > x.shape[0], -1.0, 1.0).to(x.dtype)
 
 
-@register("cc", check=_needs_honest_majority("cc"),
+@register("cc", coordinatewise=False, check=_needs_honest_majority("cc"),
           validators={"tau": _v_positive, "iters": _v_int(1), "center": _v_center})
 def cc(x: Tensor, *, f: int, tau: float = 10.0, iters: int = 1,
        center: Any = None, sharding: Sharding = WHOLE) -> Tensor:
@@ -1253,7 +1280,7 @@ def cc(x: Tensor, *, f: int, tau: float = 10.0, iters: int = 1,
 # Pre-aggregation
 # --------------------------------------------------------------------------
 
-@register_pre("nnm", check=_needs_honest_majority("nnm"), out=lambda n, f: (n, f))
+@register_pre("nnm", coordinatewise=False, check=_needs_honest_majority("nnm"), out=lambda n, f: (n, f))
 def nnm(x: Tensor, *, f: int, rng: torch.Generator | None = None,
         sharding: Sharding = WHOLE) -> tuple[Tensor, int]:
     """Nearest-neighbour mixing (Allouah et al. 2023, "Fixing by Mixing").
@@ -1289,7 +1316,7 @@ def _bucket_count(n: int, s: int) -> int:
     return -(-n // s)
 
 
-@register_pre("bucketing", check=lambda n, f, s: None,
+@register_pre("bucketing", coordinatewise=True, check=lambda n, f, s: None,
               out=lambda n, f, s: (_bucket_count(n, s), min(f, _bucket_count(n, s))),
               validators={"s": _v_int(1)})
 def bucketing(x: Tensor, *, f: int, rng: torch.Generator | None = None,

@@ -1,0 +1,53 @@
+"""Register your own components, exactly as the built-ins are registered.
+
+    import torch
+    from mpisim import register
+
+    @register.rule("trimmed_norm", coordinatewise=False, reference="my paper, eq 3")
+    def trimmed_norm(x: torch.Tensor, *, f: int, keep: float = 0.5) -> torch.Tensor:
+        '''Average the rows whose norm is below the keep-quantile.'''
+        ...
+
+Each decorator adds an entry to the kind's registry (:mod:`mpisim.registry`)
+and returns the callable the protocols will use. A name is taken once: a
+name that a built-in or another plugin has is an error.
+
+- :func:`rule`: ``fn(x, *, f, **params) -> Tensor (d,)``, x the (n, d) float32
+  block of the agents' messages, every parameter keyword-only with a default.
+  ``coordinatewise=True`` promises that output column j depends on input
+  column j alone (the rule then runs on a sharded server rank's slice); a
+  rule that is not coordinate-wise runs on a sharded server only if it takes
+  ``sharding`` (:class:`mpisim.rules.aggregators.Sharding`) and gets its
+  whole-row sums through it, and is refused there otherwise (exit 2 naming
+  ``server.ranks``). ``check(n, f, **params)`` returns a message when the
+  setting is impossible, or None.
+- :func:`pre_aggregator`: ``fn(x, *, f, rng, **params) -> (x2, f2)``, with
+  ``out(n, f, **params) -> (n2, f2)``, the rows after the step and how many
+  of them may be bad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .rules import aggregators
+
+__all__ = ["rule", "pre_aggregator"]
+
+
+def _no_check(n: int, f: int, **params) -> None:
+    return None
+
+
+def rule(name: str, *, coordinatewise: bool, check: Callable[..., str | None] | None = None,
+         reference: str = "", description: str = ""):
+    """Register an aggregation rule under the name a config gives (``aggregator.name``)."""
+    return aggregators.register(name, check=check or _no_check, coordinatewise=coordinatewise,
+                                reference=reference, description=description)
+
+
+def pre_aggregator(name: str, *, out: Callable[..., tuple[int, int]], coordinatewise: bool = False,
+                   check: Callable[..., str | None] | None = None, reference: str = "", description: str = ""):
+    """Register a pre-aggregation step under the name a config gives (``aggregator.pre``)."""
+    return aggregators.register_pre(name, check=check or _no_check, out=out, coordinatewise=coordinatewise,
+                                    reference=reference, description=description)

@@ -1,0 +1,118 @@
+"""The one registry (mpisim.registry) and the public decorators (mpisim.register); pure, no MPI."""
+
+import pytest
+import torch
+
+from mpisim import config, register, registry
+from mpisim.config import ConfigError, ServerModeConfig
+from mpisim.rules import aggregators
+
+
+@pytest.fixture
+def scratch():
+    """Names a test registers, removed afterwards (the registry is per process)."""
+    names = []
+    yield names
+    for kind, name in names:
+        registry.KINDS[kind].remove(name)
+
+
+def test_every_built_in_rule_is_an_entry_and_the_very_callable_the_protocols_use():
+    assert set(registry.rules) == {"mean", "cge", "cwtm", "trimmed_mean", "geomed", "mom", "multikrum", "krum",
+                                   "median", "meamed", "bulyan", "norm_threshold", "majority_vote", "cc"}
+    assert set(registry.pre_aggregators) == {"nnm", "bucketing"}
+    for name in registry.rules:
+        entry = registry.rules.entry(name)
+        assert registry.rules[name] is aggregators.REGISTRY[name]
+        assert entry.kind == "rule" and entry.origin == "mpisim" and entry.description
+        assert entry.params == aggregators.param_defaults(name)
+        assert isinstance(entry.properties["coordinatewise"], bool)
+    assert registry.rules.entry("cge").params == {"reduce": "sum"}
+
+
+def test_the_registries_are_read_only_views():
+    with pytest.raises(TypeError):
+        registry.rules["mine"] = lambda x, *, f: x[0]
+    with pytest.raises(registry.RegistryError, match="built-in rule 'cwtm' cannot be removed"):
+        registry.rules.remove("cwtm")
+    with pytest.raises(KeyError, match="unknown rule 'nope'; known rules: bulyan, cc, cge"):
+        registry.rules.entry("nope")
+
+
+@pytest.mark.parametrize("name", [n for n in aggregators.REGISTRY
+                                  if registry.rules.entry(n).properties["coordinatewise"]])
+def test_a_rule_declared_coordinate_wise_gives_on_a_column_slice_that_slice_of_its_output(name):
+    x = torch.randn(11, 40, generator=torch.Generator().manual_seed(1))
+    f = 2
+    whole = aggregators.REGISTRY[name](x, f=f)
+    for lo, hi in ((0, 13), (13, 40)):
+        assert torch.equal(aggregators.REGISTRY[name](x[:, lo:hi].contiguous(), f=f), whole[lo:hi])
+
+
+def test_a_users_rule_registers_like_a_built_in_and_runs_through_build(scratch):
+    @register.rule("first_row_mine", coordinatewise=True, reference="a test",
+                   check=lambda n, f, scale: None if scale > 0 else f"scale must be > 0, got {scale}")
+    def first_row(x, *, f, scale=1.0):
+        """The first row, scaled (not robust: a test)."""
+        return x[0] * scale
+
+    scratch.append(("rule", "first_row_mine"))
+    entry = registry.rules.entry("first_row_mine")
+    assert entry.params == {"scale": 1.0} and entry.reference == "a test"
+    assert entry.description == "The first row, scaled (not robust: a test)."
+    x = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(aggregators.build("first_row_mine", f=0, params={"scale": 2.0})(x), torch.tensor([0.0, 2.0]))
+    assert aggregators.check("first_row_mine", 3, 0, {"scale": -1.0}) == "scale must be > 0, got -1.0"
+
+
+def test_a_name_is_taken_once_and_the_message_names_both_origins(scratch):
+    with pytest.raises(registry.RegistryError, match="rule 'cwtm' is registered twice: by mpisim and by my_defence.py"):
+        with registry.origin("my_defence.py"):
+            register.rule("cwtm", coordinatewise=True)(lambda x, *, f: x[0])
+    with registry.origin("a.py"):
+        register.rule("twice_mine", coordinatewise=True)(lambda x, *, f: x[0])
+    scratch.append(("rule", "twice_mine"))
+    with pytest.raises(registry.RegistryError, match="registered twice: by a.py and by b.py"):
+        with registry.origin("b.py"):
+            register.rule("twice_mine", coordinatewise=True)(lambda x, *, f: x[1])
+
+
+def test_a_parameter_without_a_default_is_refused(scratch):
+    with pytest.raises(registry.RegistryError, match="parameter 'k' of needs_k needs a default"):
+        @register.rule("needs_k_mine", coordinatewise=True)
+        def needs_k(x, *, f, k):
+            return x[0]
+
+
+def sharded(name, pre=()):
+    cfg, _ = config.parse_args(ServerModeConfig, ["--aggregator.name", name, "--server.ranks", "2",
+                                                  "--aggregator.f", "0", "--byzantine.fault", "none",
+                                                  *(["--aggregator.pre", ",".join(pre)] if pre else [])],
+                               prog="t", description="t")
+    config.validate_server_mode(cfg, None)
+
+
+def test_a_sharded_server_refuses_a_rule_that_is_neither_coordinate_wise_nor_takes_the_row_sums(scratch):
+    @register.rule("krumlike_mine", coordinatewise=False)
+    def krumlike(x, *, f):
+        """Whole rows without the row sums: wrong on a slice of the columns."""
+        return x[torch.argmin(x.norm(dim=1))]
+
+    @register.rule("rowsums_mine", coordinatewise=False)
+    def rowsums(x, *, f, sharding=aggregators.WHOLE):
+        norms = sharding.sum(x.double().square().sum(dim=1)).sqrt()
+        return x[torch.argmin(norms)]
+
+    @register.rule("percolumn_mine", coordinatewise=True)
+    def percolumn(x, *, f):
+        return x.max(dim=0).values
+
+    scratch.extend([("rule", "krumlike_mine"), ("rule", "rowsums_mine"), ("rule", "percolumn_mine")])
+    with pytest.raises(ConfigError, match=r"server.ranks: 2 server ranks: rule 'krumlike_mine' is neither "
+                                          r"coordinate-wise nor takes the whole-row sums"):
+        sharded("krumlike_mine")
+    sharded("rowsums_mine")
+    sharded("percolumn_mine")
+    for entry in registry.rules.entries():  # every built-in but the vote (its downlink) runs sharded
+        if entry.origin == "mpisim" and entry.name != "majority_vote":
+            sharded(entry.name)
