@@ -77,6 +77,10 @@ class RunConfig:
                                    "rows in node order)")
     checkpoint_every: int = _opt(0, "write a checkpoint of the whole run every this many rounds and at "
                                     "the last (0: only when SIGTERM or SIGUSR1 arrives)")
+    plugins: tuple[str, ...] = _opt((), "plugins imported on every rank before the configuration is checked: "
+                                        ".py files or module names, e.g. --run.plugins my_defence.py,mypkg.attacks")
+    plugin_sha256: Mapping[str, Any] = _opt({}, "recorded by the run, not set by you: each plugin's file and its "
+                                                "SHA-256 when the run started (a resume refuses a changed one)")
     checkpoint_keep: int = _opt(2, "checkpoints kept in the run directory (the newest ones); more than one "
                                    "leaves an older one for --run.resume_fallback if the newest is damaged")
     resume: str = _opt("", "a run directory to go on with from its newest checkpoint, into the same "

@@ -1,0 +1,139 @@
+"""Users' plugins (run.plugins): a file outside the repository that registers rules, run through the
+entry points at 3+ ranks; and every way a plugin can fail, named, exit 2 on every rank."""
+
+import json
+import textwrap
+
+import pytest
+
+from conftest import run_mpi
+from mpisim import plugins, registry
+
+PLUGIN = textwrap.dedent('''
+    """A user's defences, for the tests: one per-coordinate rule, one of whole rows, one pre-step."""
+    import torch
+
+    from mpisim import register
+
+
+    @register.rule("clipped_mean_t", coordinatewise=True, reference="a test")
+    def clipped_mean(x: torch.Tensor, *, f: int, c: float = 0.05) -> torch.Tensor:
+        """Per coordinate: the mean of the values clipped to [-c, c]."""
+        return x.clamp(-c, c).mean(dim=0)
+
+
+    @register.rule("smallest_norm_t", coordinatewise=False)
+    def smallest_norm(x: torch.Tensor, *, f: int) -> torch.Tensor:
+        """The row of smallest norm (whole rows, and no 'sharding' argument)."""
+        return x[torch.argmin(x.norm(dim=1))]
+
+
+    @register.pre_aggregator("halve_t", out=lambda n, f: (n, f), coordinatewise=True)
+    def halve(x, *, f, rng):
+        return x * 0.5, f
+''')
+
+COMMON = ["-m", "mpisim.server_mode", "--agents.n", "4", "--run.rounds", "6", "--run.eval_every", "3",
+          "--run.progress", "false", "--data.test_size", "100", "--run.save_model", "true",
+          "--byzantine.fault", "alie", "--byzantine.count", "1", "--aggregator.f", "1"]
+
+
+@pytest.fixture
+def plugin_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("outside")  # not under the repository
+    (directory / "my_defence.py").write_text(PLUGIN)
+    return directory
+
+
+def job(nprocs, args, cwd, name, *extra):
+    return run_mpi(nprocs, [*COMMON, *args, "--run.out_dir", str(cwd / "runs"), "--run.name", name, *extra],
+                   timeout=180, cwd=cwd)
+
+
+def model(cwd, name):
+    return (cwd / "runs" / name / "model.npy").read_bytes()
+
+
+@pytest.mark.processes
+def test_a_plugin_rule_runs_packed_unpacked_and_sharded_to_the_same_model(plugin_dir):
+    args = ["--run.plugins", "my_defence.py", "--aggregator.name", "clipped_mean_t", "--aggregator.pre", "halve_t"]
+    packed = job(3, [*args, "--agents.per_rank", "2"], plugin_dir, "packed")
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    unpacked = job(5, [*args, "--agents.per_rank", "1"], plugin_dir, "unpacked")
+    assert unpacked.returncode == 0, unpacked.stderr[-3000:]
+    sharded = job(4, [*args, "--agents.per_rank", "2", "--server.ranks", "2"], plugin_dir, "sharded")
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert model(plugin_dir, "packed") == model(plugin_dir, "unpacked") == model(plugin_dir, "sharded")
+
+    summary = json.loads((plugin_dir / "runs" / "packed" / "summary.json").read_text())
+    recorded = summary["plugins"][0]
+    assert recorded["file"] == str(plugin_dir / "my_defence.py") and len(recorded["sha256"]) == 64
+    saved = (plugin_dir / "runs" / "packed" / "config.toml").read_text()
+    assert str(plugin_dir / "my_defence.py") in saved and recorded["sha256"] in saved
+
+
+@pytest.mark.processes
+def test_a_whole_row_plugin_rule_without_sharding_is_refused_on_a_sharded_server(plugin_dir):
+    refused = job(4, ["--run.plugins", "my_defence.py", "--aggregator.name", "smallest_norm_t",
+                      "--agents.per_rank", "2", "--server.ranks", "2"], plugin_dir, "refused")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "config error: server.ranks: 2 server ranks: rule 'smallest_norm_t' is neither coordinate-wise" \
+        in refused.stderr
+    assert not (plugin_dir / "runs" / "refused").exists()
+
+
+BROKEN = {
+    "syntax error": ("def oops(:\n", "broken.py: syntax error at line 1"),
+    "import error": ("import not_a_module_anywhere\n",
+                     "broken.py: importing it raised ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+    "raises": ("raise RuntimeError('no GPU here')\n", "broken.py: importing it raised RuntimeError: no GPU here"),
+    "clashing name": ("from mpisim import register\n\n"
+                      "@register.rule('cwtm', coordinatewise=True)\n"
+                      "def cwtm(x, *, f):\n    return x[0]\n",
+                      "rule 'cwtm' is registered twice: by mpisim and by"),
+}
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_plugin_stops_every_rank_naming_it(tmp_path, case):
+    source, message = BROKEN[case]
+    (tmp_path / "broken.py").write_text(source)
+    result = run_mpi(3, [*COMMON, "--run.plugins", "broken.py", "--agents.per_rank", "2",
+                         "--run.out_dir", str(tmp_path / "runs")], timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "config error: run.plugins:" in result.stderr and message in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("config error") == 1  # rank 0 speaks for all
+
+
+@pytest.mark.processes
+def test_a_resume_imports_the_plugin_again_and_refuses_a_changed_one(plugin_dir):
+    args = ["--run.plugins", "my_defence.py", "--aggregator.name", "clipped_mean_t", "--agents.per_rank", "2",
+            "--run.checkpoint_every", "3"]
+    first = job(3, args, plugin_dir, "resumed")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_mpi(3, ["-m", "mpisim.server_mode", "--run.resume", str(plugin_dir / "runs" / "resumed"),
+                        "--run.rounds", "9"], timeout=180, cwd=plugin_dir.parent)  # another directory
+    assert again.returncode == 0, again.stderr[-3000:]
+    (plugin_dir / "my_defence.py").write_text(PLUGIN.replace("c: float = 0.05", "c: float = 0.5"))
+    changed = run_mpi(3, ["-m", "mpisim.server_mode", "--run.resume", str(plugin_dir / "runs" / "resumed"),
+                          "--run.rounds", "12"], timeout=180, cwd=plugin_dir)
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert f"run.plugins: {plugin_dir / 'my_defence.py'} changed since the run started" in changed.stderr
+
+
+def test_loading_names_what_is_wrong(tmp_path):
+    with pytest.raises(plugins.PluginError, match="missing.py: no such file"):
+        plugins.load(["missing.py"])
+    with pytest.raises(plugins.PluginError, match="no_such_pkg_xyz.attacks: no such module"):
+        plugins.load(["no_such_pkg_xyz.attacks"])
+    path = tmp_path / "fine.py"
+    path.write_text("from mpisim import register\n\n@register.rule('fine_t', coordinatewise=True)\n"
+                    "def fine(x, *, f):\n    return x.mean(dim=0)\n")
+    try:
+        first = plugins.load([str(path)])
+        assert plugins.load([str(path)]) == first  # once per process
+        assert registry.rules.entry("fine_t").origin == str(path)
+    finally:
+        registry.rules.remove("fine_t")
