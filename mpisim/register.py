@@ -24,15 +24,22 @@ name that a built-in or another plugin has is an error.
 - :func:`pre_aggregator`: ``fn(x, *, f, rng, **params) -> (x2, f2)``, with
   ``out(n, f, **params) -> (n2, f2)``, the rows after the step and how many
   of them may be bad.
+- :func:`attack`: a message attack ``fn(own, *, honest, f, rngs, **params) ->
+  (a, d)`` (``own``: the a faulty agents' true gradients; ``honest``: the
+  honest ones', given when ``omniscient``; ``rngs``: one generator per faulty
+  agent), or a data attack ``fn(labels, *, num_classes, rng, **params)``
+  returning the labels a faulty agent trains on. ``colludes``: the faulty
+  agents' messages are computed together, by one of them (implies
+  ``omniscient``). ``check(n, num_byzantine, **params)`` as for rules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .rules import aggregators
+from .rules import aggregators, attacks
 
-__all__ = ["rule", "pre_aggregator"]
+__all__ = ["rule", "pre_aggregator", "attack"]
 
 
 def _no_check(n: int, f: int, **params) -> None:
@@ -51,3 +58,13 @@ def pre_aggregator(name: str, *, out: Callable[..., tuple[int, int]], coordinate
     """Register a pre-aggregation step under the name a config gives (``aggregator.pre``)."""
     return aggregators.register_pre(name, check=check or _no_check, out=out, coordinatewise=coordinatewise,
                                     reference=reference, description=description)
+
+
+def attack(name: str, *, omniscient: bool, kind: str = "message", colludes: bool = False,
+           check: Callable[..., str | None] | None = None, reference: str = ""):
+    """Register a fault under the name a config gives (``byzantine.fault``)."""
+    def deco(fn: Callable) -> Callable:
+        attacks.add(name, kind, omniscient, colludes, fn, reference, check)
+        return fn
+
+    return deco

@@ -31,6 +31,12 @@ PLUGIN = textwrap.dedent('''
     @register.pre_aggregator("halve_t", out=lambda n, f: (n, f), coordinatewise=True)
     def halve(x, *, f, rng):
         return x * 0.5, f
+
+
+    @register.attack("opposite_mean_t", omniscient=True, colludes=True, reference="a test")
+    def opposite_mean(own, *, honest, f, rngs, scale: float = 2.0):
+        """Every faulty agent sends -scale times the honest agents' mean."""
+        return (-scale * honest.mean(dim=0)).expand(own.shape[0], -1).clone()
 ''')
 
 COMMON = ["-m", "mpisim.server_mode", "--agents.n", "4", "--run.rounds", "6", "--run.eval_every", "3",
@@ -56,7 +62,8 @@ def model(cwd, name):
 
 @pytest.mark.processes
 def test_a_plugin_rule_runs_packed_unpacked_and_sharded_to_the_same_model(plugin_dir):
-    args = ["--run.plugins", "my_defence.py", "--aggregator.name", "clipped_mean_t", "--aggregator.pre", "halve_t"]
+    args = ["--run.plugins", "my_defence.py", "--aggregator.name", "clipped_mean_t", "--aggregator.pre", "halve_t",
+            "--byzantine.fault", "opposite_mean_t", "--byzantine.params.scale", "3"]
     packed = job(3, [*args, "--agents.per_rank", "2"], plugin_dir, "packed")
     assert packed.returncode == 0, packed.stderr[-3000:]
     unpacked = job(5, [*args, "--agents.per_rank", "1"], plugin_dir, "unpacked")

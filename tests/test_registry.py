@@ -116,3 +116,34 @@ def test_a_sharded_server_refuses_a_rule_that_is_neither_coordinate_wise_nor_tak
     for entry in registry.rules.entries():  # every built-in but the vote (its downlink) runs sharded
         if entry.origin == "mpisim" and entry.name != "majority_vote":
             sharded(entry.name)
+
+
+def test_every_built_in_attack_is_an_entry_with_its_declared_properties():
+    from mpisim.rules import attacks
+
+    assert len(registry.attacks) == 14 and registry.attacks is attacks.REGISTRY
+    alie = registry.attacks.entry("alie")
+    assert alie.properties == {"kind": "message", "omniscient": True, "colludes": True}
+    assert registry.attacks["alie"].fn is attacks.alie and "A Little Is Enough" in alie.reference
+    assert registry.attacks.entry("label_flip").properties["kind"] == "data"
+    assert registry.attacks.entry("gradient_reverse").params == {"scale": 100.0}
+
+
+def test_a_users_attacks_register_like_the_built_ins(scratch):
+    from mpisim.rules import attacks
+
+    @register.attack("zero_t", omniscient=False)
+    def zero(own, *, honest, f, rngs, value: float = 0.0):
+        """Send a constant vector."""
+        return torch.full_like(own, value)
+
+    @register.attack("shift_labels_t", kind="data", omniscient=False)
+    def shift(labels, *, num_classes, rng, by: int = 1):
+        return (labels + by) % num_classes
+
+    scratch.extend([("attack", "zero_t"), ("attack", "shift_labels_t")])
+    assert attacks.param_defaults("zero_t") == {"value": 0.0}
+    assert attacks.check("zero_t", 10, 2, {"nope": 1}) == "attack 'zero_t' has no parameter 'nope'; accepted: value=0.0"
+    assert registry.attacks.entry("shift_labels_t").properties["kind"] == "data"
+    with pytest.raises(registry.RegistryError, match="a colluding attack is omniscient"):
+        register.attack("bad_t", omniscient=False, colludes=True)(zero)

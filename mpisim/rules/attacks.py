@@ -41,9 +41,12 @@ from statistics import NormalDist
 
 import torch
 
+from .. import registry
+
 __all__ = [
     "Attack",
     "REGISTRY",
+    "add",
     "alie_z",
     "check",
     "param_defaults",
@@ -498,12 +501,27 @@ class Attack:
     @property
     def summary(self) -> str:
         """First line of the function's docstring."""
-        return (self.fn.__doc__ or "").strip().splitlines()[0]
+        return registry.first_line(self.fn)
 
 
-def _entry(name, kind, omniscient, colludes, fn, reference, check_fn=_ok) -> Attack:
-    return Attack(name=name, kind=kind, omniscient=omniscient, colludes=colludes,
-                  fn=fn, check=check_fn, reference=reference)
+def add(name: str, kind: str, omniscient: bool, colludes: bool, fn: Callable, reference: str,
+        check_fn: Callable[..., str | None] | None = None) -> Attack:
+    """Register fault ``name`` (:data:`mpisim.registry.attacks`; ``mpisim.register.attack`` calls
+    this too) and return its :class:`Attack`."""
+    if kind not in ("message", "data"):
+        raise registry.RegistryError(f"attack {name!r}: kind must be 'message' or 'data', got {kind!r}")
+    if colludes and not omniscient:
+        raise registry.RegistryError(f"attack {name!r}: a colluding attack is omniscient (it is computed "
+                                     f"from every agent's gradient)")
+    attack = Attack(name=name, kind=kind, omniscient=omniscient, colludes=colludes, fn=fn,
+                    check=check_fn or _ok, reference=reference)
+    interface = _MESSAGE_ARGS if kind == "message" else _DATA_ARGS
+    registry.attacks.add(registry.Entry(
+        kind="attack", name=name, obj=attack, params=registry.keyword_defaults(fn, skip=interface),
+        check=attack.check, description=attack.summary, reference=reference,
+        properties={"kind": kind, "omniscient": omniscient, "colludes": colludes},
+        origin=registry.current_origin(fn)))
+    return attack
 
 
 def _structural_only(check_fn):
@@ -515,34 +533,38 @@ def _structural_only(check_fn):
 
 _CGE = "Gupta, Liu, Vaidya (CGE paper), Section 3.3"
 
-REGISTRY: dict[str, Attack] = {a.name: a for a in [
-    _entry("gradient_reverse", "message", False, False, gradient_reverse,
-           f"{_CGE}, gradient-reverse faults (g = -100 s)", _check_scale),
-    _entry("coordinate_wise", "message", True, True, coordinate_wise,
-           f"{_CGE}, coordinate-wise faults", _structural_only(_check_coordinate_wise)),
-    _entry("norm_confusing", "message", True, False, norm_confusing,
-           f"{_CGE}, norm-confusing faults", _structural_only(_check_norm_confusing)),
-    _entry("label_flip", "data", False, False, label_flip,
-           f"{_CGE}, label-flipping faults (9 - y); Yin et al. Section 7; Ghosh et al. Section 7"),
-    _entry("random", "message", False, False, random_fault,
-           f"{_CGE}, random faults (N(0, 200^2 I))", _check_std),
-    _entry("sign_flip", "message", False, False, sign_flip,
-           "common practice (-g); same formula as gradient_reverse with scale 1", _check_scale),
-    _entry("gaussian", "message", False, False, gaussian,
-           "Ghosh et al., Section 7 (gradient + N(0, 10 I_d))", _check_var),
-    _entry("random_labels", "data", False, False, random_labels,
-           "Yin et al., Section 7 (one-round experiment); Ghosh et al., Section 7"),
-    _entry("alie", "message", True, True, alie,
-           "Baruch, Baruch, Goldberg, A Little Is Enough, NeurIPS 2019", _check_alie),
-    _entry("ipm", "message", True, True, ipm,
-           "Xie, Koyejo, Gupta, Fall of Empires (inner-product manipulation), UAI 2020", _check_ipm),
-    _entry("mimic", "message", True, True, mimic,
-           "Karimireddy, He, Jaggi, Byzantine-Robust Learning on Heterogeneous Datasets "
-           "via Bucketing, ICLR 2022", _check_mimic),
-    _entry("nan", "message", False, False, nan, "robustness test (non-finite message)"),
-    _entry("inf", "message", False, False, inf, "robustness test (non-finite message)", _check_sign),
-    _entry("huge", "message", False, False, huge, "robustness test (float32 overflow)", _check_value),
-]}
+for _args in [
+    ("gradient_reverse", "message", False, False, gradient_reverse,
+     f"{_CGE}, gradient-reverse faults (g = -100 s)", _check_scale),
+    ("coordinate_wise", "message", True, True, coordinate_wise,
+     f"{_CGE}, coordinate-wise faults", _structural_only(_check_coordinate_wise)),
+    ("norm_confusing", "message", True, False, norm_confusing,
+     f"{_CGE}, norm-confusing faults", _structural_only(_check_norm_confusing)),
+    ("label_flip", "data", False, False, label_flip,
+     f"{_CGE}, label-flipping faults (9 - y); Yin et al. Section 7; Ghosh et al. Section 7"),
+    ("random", "message", False, False, random_fault,
+     f"{_CGE}, random faults (N(0, 200^2 I))", _check_std),
+    ("sign_flip", "message", False, False, sign_flip,
+     "common practice (-g); same formula as gradient_reverse with scale 1", _check_scale),
+    ("gaussian", "message", False, False, gaussian,
+     "Ghosh et al., Section 7 (gradient + N(0, 10 I_d))", _check_var),
+    ("random_labels", "data", False, False, random_labels,
+     "Yin et al., Section 7 (one-round experiment); Ghosh et al., Section 7"),
+    ("alie", "message", True, True, alie,
+     "Baruch, Baruch, Goldberg, A Little Is Enough, NeurIPS 2019", _check_alie),
+    ("ipm", "message", True, True, ipm,
+     "Xie, Koyejo, Gupta, Fall of Empires (inner-product manipulation), UAI 2020", _check_ipm),
+    ("mimic", "message", True, True, mimic,
+     "Karimireddy, He, Jaggi, Byzantine-Robust Learning on Heterogeneous Datasets "
+     "via Bucketing, ICLR 2022", _check_mimic),
+    ("nan", "message", False, False, nan, "robustness test (non-finite message)"),
+    ("inf", "message", False, False, inf, "robustness test (non-finite message)", _check_sign),
+    ("huge", "message", False, False, huge, "robustness test (float32 overflow)", _check_value),
+]:
+    add(*_args)
+
+#: config name -> :class:`Attack` (:data:`mpisim.registry.attacks`: built-ins and plugins alike)
+REGISTRY = registry.attacks
 
 
 def _params(attack: Attack) -> dict[str, inspect.Parameter]:
