@@ -31,15 +31,23 @@ name that a built-in or another plugin has is an error.
   returning the labels a faulty agent trains on. ``colludes``: the faulty
   agents' messages are computed together, by one of them (implies
   ``omniscient``). ``check(n, num_byzantine, **params)`` as for rules.
+- :func:`model`: a builder ``fn(input_shape, num_classes, params) -> (module,
+  loss)``: a ``torch.nn.Module`` taking a batch of ``input_shape`` inputs,
+  and ``loss(outputs, targets, reduction=...)`` (e.g.
+  ``torch.nn.functional.cross_entropy``); ``params`` holds ``model.params``
+  over the defaults given to the decorator. ``kind`` is "classification"
+  (one score per class) or "regression" (``num_classes`` is then None).
+  Every rank builds it from the run's seed, so all start from one model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from .learning import models
 from .rules import aggregators, attacks
 
-__all__ = ["rule", "pre_aggregator", "attack"]
+__all__ = ["rule", "pre_aggregator", "attack", "model"]
 
 
 def _no_check(n: int, f: int, **params) -> None:
@@ -66,5 +74,20 @@ def attack(name: str, *, omniscient: bool, kind: str = "message", colludes: bool
     def deco(fn: Callable) -> Callable:
         attacks.add(name, kind, omniscient, colludes, fn, reference, check)
         return fn
+
+    return deco
+
+
+def model(name: str, *, kind: str = "classification", params: dict | None = None,
+          checks: dict[str, Callable] | None = None, description: str = "", reference: str = ""):
+    """Register a model under the name a config gives (``model.name``)."""
+    def deco(builder: Callable) -> Callable:
+        from . import registry
+
+        models.add(models.ModelSpec(name=name, kind=kind, params=dict(params or {}), builder=builder,
+                                    checks=dict(checks or {}),
+                                    description=description or registry.first_line(builder)),
+                   reference=reference)
+        return builder
 
     return deco

@@ -33,6 +33,17 @@ PLUGIN = textwrap.dedent('''
         return x * 0.5, f
 
 
+    @register.model("tiny_mlp_t", params={"hidden": 16})
+    def tiny_mlp(input_shape, num_classes, params):
+        """One hidden layer of `hidden` ReLU units, cross-entropy."""
+        width = 1
+        for size in input_shape:
+            width *= size
+        module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(width, params["hidden"]),
+                                     torch.nn.ReLU(), torch.nn.Linear(params["hidden"], num_classes))
+        return module, torch.nn.functional.cross_entropy
+
+
     @register.attack("opposite_mean_t", omniscient=True, colludes=True, reference="a test")
     def opposite_mean(own, *, honest, f, rngs, scale: float = 2.0):
         """Every faulty agent sends -scale times the honest agents' mean."""
@@ -63,7 +74,8 @@ def model(cwd, name):
 @pytest.mark.processes
 def test_a_plugin_rule_runs_packed_unpacked_and_sharded_to_the_same_model(plugin_dir):
     args = ["--run.plugins", "my_defence.py", "--aggregator.name", "clipped_mean_t", "--aggregator.pre", "halve_t",
-            "--byzantine.fault", "opposite_mean_t", "--byzantine.params.scale", "3"]
+            "--byzantine.fault", "opposite_mean_t", "--byzantine.params.scale", "3",
+            "--model.name", "tiny_mlp_t", "--model.params.hidden", "24"]
     packed = job(3, [*args, "--agents.per_rank", "2"], plugin_dir, "packed")
     assert packed.returncode == 0, packed.stderr[-3000:]
     unpacked = job(5, [*args, "--agents.per_rank", "1"], plugin_dir, "unpacked")
@@ -73,6 +85,8 @@ def test_a_plugin_rule_runs_packed_unpacked_and_sharded_to_the_same_model(plugin
     assert model(plugin_dir, "packed") == model(plugin_dir, "unpacked") == model(plugin_dir, "sharded")
 
     summary = json.loads((plugin_dir / "runs" / "packed" / "summary.json").read_text())
+    assert summary["d"] == 784 * 24 + 24 + 24 * 10 + 10  # the plugin's model, with its parameter
+    assert summary["fault"] == "opposite_mean_t" and summary["aggregator"] == "clipped_mean_t"
     recorded = summary["plugins"][0]
     assert recorded["file"] == str(plugin_dir / "my_defence.py") and len(recorded["sha256"]) == 64
     saved = (plugin_dir / "runs" / "packed" / "config.toml").read_text()

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import seeding
+from .. import registry, seeding
 
 KINDS = ("classification", "regression")
 
@@ -257,11 +257,20 @@ class ModelSpec:
         object.__setattr__(self, "checks", MappingProxyType(dict(self.checks)))
 
 
-def _registry(*specs: ModelSpec) -> dict[str, ModelSpec]:
-    return {spec.name: spec for spec in specs}
+def add(spec: ModelSpec, *, reference: str = "", origin: str | None = None) -> ModelSpec:
+    """Register model ``spec`` (:data:`mpisim.registry.models`; ``mpisim.register.model`` calls
+    this too) and return it."""
+    registry.models.add(registry.Entry(
+        kind="model", name=spec.name, obj=spec, params=dict(spec.params), description=spec.description,
+        reference=reference, properties={"kind": spec.kind},
+        origin=origin or registry.current_origin(spec.builder)))
+    return spec
 
 
-MODELS: dict[str, ModelSpec] = _registry(
+#: config name -> :class:`ModelSpec` (:data:`mpisim.registry.models`: built-ins and plugins alike)
+MODELS = registry.models
+
+for _spec in (
     ModelSpec(
         name="lenet", kind="classification",
         builder=lambda shape, classes, _: (LeNet(shape, classes), F.cross_entropy),
@@ -291,7 +300,8 @@ MODELS: dict[str, ModelSpec] = _registry(
         builder=lambda shape, _, __: (LinearPredictor(shape), half_squared_error),
         description="linear prediction a^T w, loss (1/2)(a^T w - b)^2 "
                     "(Ghosh et al., Section 7)"),
-)
+):
+    add(_spec, origin="mpisim")
 
 INITS = ("default", "zero")
 
