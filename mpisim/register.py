@@ -31,6 +31,10 @@ name that a built-in or another plugin has is an error.
   returning the labels a faulty agent trains on. ``colludes``: the faulty
   agents' messages are computed together, by one of them (implies
   ``omniscient``). ``check(n, num_byzantine, **params)`` as for rules.
+- :func:`screening`: a decentralized node's screen ``fn(own, received, *, b)
+  -> (d,)`` (``own``: the node's model, ``received``: the (m, d) models of
+  its m neighbours, at most b of them Byzantine); ``check(m, b)`` returns a
+  message when m neighbours are too few for b.
 - :func:`model`: a builder ``fn(input_shape, num_classes, params) -> (module,
   loss)``: a ``torch.nn.Module`` taking a batch of ``input_shape`` inputs,
   and ``loss(outputs, targets, reduction=...)`` (e.g.
@@ -46,8 +50,9 @@ from collections.abc import Callable
 
 from .learning import models
 from .rules import aggregators, attacks
+from .rules import screening as screenings
 
-__all__ = ["rule", "pre_aggregator", "attack", "model"]
+__all__ = ["rule", "pre_aggregator", "attack", "screening", "model"]
 
 
 def _no_check(n: int, f: int, **params) -> None:
@@ -89,5 +94,17 @@ def model(name: str, *, kind: str = "classification", params: dict | None = None
                                     description=description or registry.first_line(builder)),
                    reference=reference)
         return builder
+
+    return deco
+
+
+def screening(name: str, *, check: Callable[[int, int], str | None] | None = None, description: str = "",
+              reference: str = ""):
+    """Register a screen under the name a config gives (``screening.name``, decentralized mode)."""
+    def deco(fn: Callable) -> Callable:
+        from . import registry
+
+        return screenings.register(name, title=description or registry.first_line(fn) or name, check=check,
+                                   reference=reference)(fn)
 
     return deco

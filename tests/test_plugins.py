@@ -44,6 +44,12 @@ PLUGIN = textwrap.dedent('''
         return module, torch.nn.functional.cross_entropy
 
 
+    @register.screening("clipped_average_t", check=lambda m, b: None if m > 2 * b else f"needs m > 2b, got m={m}")
+    def clipped_average(own, received, *, b):
+        """Average own and received models, each clipped to [-1, 1] per coordinate."""
+        return torch.cat((own[None], received)).clamp(-1.0, 1.0).mean(dim=0)
+
+
     @register.attack("opposite_mean_t", omniscient=True, colludes=True, reference="a test")
     def opposite_mean(own, *, honest, f, rngs, scale: float = 2.0):
         """Every faulty agent sends -scale times the honest agents' mean."""
@@ -91,6 +97,22 @@ def test_a_plugin_rule_runs_packed_unpacked_and_sharded_to_the_same_model(plugin
     assert recorded["file"] == str(plugin_dir / "my_defence.py") and len(recorded["sha256"]) == 64
     saved = (plugin_dir / "runs" / "packed" / "config.toml").read_text()
     assert str(plugin_dir / "my_defence.py") in saved and recorded["sha256"] in saved
+
+
+@pytest.mark.processes
+def test_a_plugin_screening_runs_in_the_decentralized_mode_packed_and_unpacked(plugin_dir):
+    args = ["-m", "mpisim.decentralized", "--run.plugins", "my_defence.py", "--screening.name", "clipped_average_t",
+            "--screening.b", "1", "--nodes.n", "6", "--byzantine.count", "1", "--graph.p", "0.9",
+            "--run.rounds", "6", "--run.eval_every", "3", "--run.progress", "false", "--data.test_size", "100",
+            "--run.save_model", "true", "--run.out_dir", str(plugin_dir / "runs")]
+    for ranks, per_rank in ((3, 2), (6, 1)):
+        result = run_mpi(ranks, [*args, "--nodes.per_rank", str(per_rank), "--run.name", f"dec{ranks}"],
+                         timeout=180, cwd=plugin_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (plugin_dir / "runs" / "dec3" / "models.npy").read_bytes() == \
+        (plugin_dir / "runs" / "dec6" / "models.npy").read_bytes()
+    summary = json.loads((plugin_dir / "runs" / "dec3" / "summary.json").read_text())
+    assert summary["plugins"][0]["file"] == str(plugin_dir / "my_defence.py")
 
 
 @pytest.mark.processes

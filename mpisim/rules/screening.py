@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import registry
 from . import aggregators
 
 __all__ = [
@@ -57,8 +58,9 @@ __all__ = [
 Tensor = torch.Tensor
 
 #: config name -> screen ``fn(own, received, *, b) -> Tensor``; each has ``fn.check(m, b)``,
-#: ``fn.min_degree(b)``, and for messages ``fn.title`` and ``fn.bound`` (None when any m works).
-SCREENS: dict[str, Callable[..., Tensor]] = {}
+#: ``fn.min_degree(b)``, and for messages ``fn.title`` and ``fn.bound`` (None when any m works);
+#: :data:`mpisim.registry.screenings`, built-ins and plugins alike.
+SCREENS = registry.screenings
 
 # min_degree gives up beyond this degree: a check that rejects every m is a
 # bug in the check (ByzFL's CenteredClipping), to be reported, not searched.
@@ -120,19 +122,23 @@ def _first_passing_degree(name: str, check_fn: Callable[[int, int], str | None],
     return hi
 
 
-def _register(name: str, *, title: str, rule: str | None = None, bound: str | None = None,
-              with_own: bool = False):
-    """Register a screen under its config name.
+def register(name: str, *, title: str, rule: str | None = None, bound: str | None = None,
+             with_own: bool = False, check: Callable[[int, int], str | None] | None = None,
+             reference: str = ""):
+    """Register a screen under its config name (:data:`mpisim.registry.screenings`;
+    ``mpisim.register.screening`` calls this too).
 
     A screen built on aggregator ``rule`` (with f = b, on own + received
     when ``with_own``, else on the received rows) takes its check from that
     rule; ``bound`` is the same condition written in m and b, for messages.
-    Without a rule every m is allowed. Adds ``fn.check(m, b)``,
-    ``fn.min_degree(b)``, ``fn.title`` and ``fn.bound``, and makes the
-    function validate its inputs and (m, b) before it runs.
+    Otherwise ``check(m, b)`` (a message or None), or every m is allowed.
+    Adds ``fn.check(m, b)``, ``fn.min_degree(b)``, ``fn.title`` and
+    ``fn.bound``, and makes the function validate its inputs and (m, b)
+    before it runs.
     """
-    check = (_rule_check(name, rule, bound, with_own=with_own) if rule is not None
-             else lambda m, b: None)
+    if rule is not None:
+        check = _rule_check(name, rule, bound, with_own=with_own)
+    check = check or (lambda m, b: None)
 
     def deco(impl: Callable[..., Tensor]) -> Callable[..., Tensor]:
         def check_fn(m: int, b: int) -> str | None:
@@ -157,7 +163,10 @@ def _register(name: str, *, title: str, rule: str | None = None, bound: str | No
         screen_fn.config_name = name
         screen_fn.title = title
         screen_fn.bound = bound
-        SCREENS[name] = screen_fn
+        SCREENS.add(registry.Entry(
+            kind="screening", name=name, obj=screen_fn, check=check_fn, description=title,
+            reference=reference, properties={"rule": rule, "bound": bound, "with_own": with_own},
+            origin=registry.current_origin(impl)))
         return screen_fn
 
     return deco
@@ -189,7 +198,7 @@ def _with_own(own: Tensor, received: Tensor) -> Tensor:
 # BRIDGE-T: the conference paper's screen (Algorithm 1, eqs 4-7)
 # --------------------------------------------------------------------------
 
-@_register("bridge_t", title="trimmed mean", rule="cwtm", bound="m > 2b")
+@register("bridge_t", title="trimmed mean", rule="cwtm", bound="m > 2b")
 def bridge_t(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-T: coordinate-wise trimmed mean of the neighbours, averaged with own.
 
@@ -220,7 +229,7 @@ def bridge_t(own: Tensor, received: Tensor, *, b: int) -> Tensor:
 # journal version adds screens built on other robust rules; here each one
 # runs on the set {own} + received (m + 1 vectors) with f = b.
 
-@_register("bridge_m", title="median", rule="median", bound="m >= 2b", with_own=True)
+@register("bridge_m", title="median", rule="median", bound="m >= 2b", with_own=True)
 def bridge_m(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-M: coordinate-wise median of own and the received vectors.
 
@@ -234,7 +243,7 @@ def bridge_m(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return aggregators.median(_with_own(own, received), f=b)
 
 
-@_register("bridge_k", title="Krum", rule="krum", bound="m > 2b + 1", with_own=True)
+@register("bridge_k", title="Krum", rule="krum", bound="m > 2b + 1", with_own=True)
 def bridge_k(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-K: the Krum choice among own and the received vectors.
 
@@ -252,7 +261,7 @@ def bridge_k(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return aggregators.krum(_with_own(own, received), f=b)
 
 
-@_register("bridge_b", title="Bulyan", rule="bulyan", bound="m >= 4b + 2", with_own=True)
+@register("bridge_b", title="Bulyan", rule="bulyan", bound="m >= 4b + 2", with_own=True)
 def bridge_b(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-B: Bulyan over own and the received vectors.
 
@@ -277,7 +286,7 @@ def bridge_b(own: Tensor, received: Tensor, *, b: int) -> Tensor:
 # Baselines
 # --------------------------------------------------------------------------
 
-@_register("dgd", title="plain average, not robust")
+@register("dgd", title="plain average, not robust")
 def dgd(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """DGD: plain average of own and all received vectors (not robust).
 
@@ -289,7 +298,7 @@ def dgd(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return received.sum(dim=0).add_(own).div_(received.shape[0] + 1)
 
 
-@_register("local", title="no exchange")
+@register("local", title="no exchange")
 def local(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """Local only: return (a copy of) own, ignoring every received vector.
 
