@@ -79,13 +79,14 @@ position in the group, never a Python loop over coordinates.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from . import registry
 
 __all__ = [
     "REGISTRY",
@@ -585,14 +586,9 @@ def with_side_norm(codec: Codec, q: int) -> SideNorm:
     return SideNorm(codec, q)
 
 
-#: config name -> codec class; ``REGISTRY[name](**params)`` builds the codec.
-REGISTRY: dict[str, type[Codec]] = {
-    "none": NoCompression,
-    "sign": Sign,
-    "scaled_sign": ScaledSign,
-    "topk": TopK,
-    "qsgd": QSGD,
-}
+#: config name -> codec class; ``REGISTRY[name](**params)`` builds the codec
+#: (:data:`mpisim.registry.codecs`: built-ins and plugins alike).
+REGISTRY = registry.codecs
 
 
 # --------------------------------------------------------------------------
@@ -625,16 +621,37 @@ def _qsgd_problems(*, s: Any) -> str | None:
     return None
 
 
+def _constructor_defaults(cls: type) -> dict[str, Any]:
+    if cls.__init__ is object.__init__:
+        return {}
+    return registry.keyword_defaults(cls.__init__)
+
+
+def add(name: str, cls: type[Codec], *, check: Callable[..., str | None] | None = None,
+        reference: str = "", origin: str | None = None) -> type[Codec]:
+    """Register codec class ``cls`` (:data:`mpisim.registry.codecs`; ``mpisim.register.codec``
+    calls this too). ``check(d, **params)`` (every constructor parameter, defaults filled in)
+    returns a message when the codec cannot be built for vectors of length d, else None."""
+    registry.codecs.add(registry.Entry(
+        kind="codec", name=name, obj=cls, params=_constructor_defaults(cls), check=check,
+        description=registry.first_line(cls), reference=reference,
+        origin=origin or registry.current_origin(cls)))
+    return cls
+
+
+for _name, _cls, _check in (
+        ("none", NoCompression, None),
+        ("sign", Sign, None),
+        ("scaled_sign", ScaledSign, None),
+        ("topk", TopK, lambda d, k, ratio: _topk_problems(k=k, ratio=ratio, d=d)),
+        ("qsgd", QSGD, lambda d, s: _qsgd_problems(s=s))):
+    add(_name, _cls, check=_check, origin="mpisim")
+
+
 def param_defaults(name: str) -> dict[str, Any]:
     """Constructor parameters of codec ``name`` with their defaults,
     e.g. ``{'s': 1}`` for ``'qsgd'``; KeyError for an unknown name."""
-    cls = REGISTRY.get(name)
-    if cls is None:
-        raise KeyError(f"unknown codec {name!r}; known codecs: {', '.join(sorted(REGISTRY))}")
-    if cls.__init__ is object.__init__:
-        return {}
-    return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
-            if p.kind is p.KEYWORD_ONLY}
+    return dict(REGISTRY.entry(name).params)
 
 
 def check(name: str, d: int, params: Mapping[str, Any] | None = None) -> str | None:
@@ -650,12 +667,8 @@ def check(name: str, d: int, params: Mapping[str, Any] | None = None) -> str | N
         return f"{name}: unknown parameter {unknown[0]!r}; accepted parameters: {accepted}"
     if not _is_int(d) or d < 1:
         return f"{name}: d must be an integer >= 1, got d={d!r}"
-    full = {**defaults, **params}
-    if name == "topk":
-        return _topk_problems(k=full["k"], ratio=full["ratio"], d=d)
-    if name == "qsgd":
-        return _qsgd_problems(s=full["s"])
-    return None
+    problem = REGISTRY.entry(name).check
+    return problem(d, **{**defaults, **params}) if problem else None
 
 
 # --------------------------------------------------------------------------

@@ -35,6 +35,11 @@ name that a built-in or another plugin has is an error.
   -> (d,)`` (``own``: the node's model, ``received``: the (m, d) models of
   its m neighbours, at most b of them Byzantine); ``check(m, b)`` returns a
   message when m neighbours are too few for b.
+- :func:`codec`: a subclass of :class:`mpisim.compression.Codec` with
+  keyword-only constructor parameters (``compression.params``), a class
+  attribute ``embeds_norm`` and the methods ``nbytes(d)``,
+  ``_encode_into(X, out, gens)`` and ``_decode_into(P, d, out)`` on numpy
+  rows (see the built-ins); ``check(d, **params)`` as for rules.
 - :func:`model`: a builder ``fn(input_shape, num_classes, params) -> (module,
   loss)``: a ``torch.nn.Module`` taking a batch of ``input_shape`` inputs,
   and ``loss(outputs, targets, reduction=...)`` (e.g.
@@ -48,11 +53,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import compression
 from .learning import models
 from .rules import aggregators, attacks
 from .rules import screening as screenings
 
-__all__ = ["rule", "pre_aggregator", "attack", "screening", "model"]
+__all__ = ["rule", "pre_aggregator", "attack", "screening", "codec", "model"]
 
 
 def _no_check(n: int, f: int, **params) -> None:
@@ -106,5 +112,16 @@ def screening(name: str, *, check: Callable[[int, int], str | None] | None = Non
 
         return screenings.register(name, title=description or registry.first_line(fn) or name, check=check,
                                    reference=reference)(fn)
+
+    return deco
+
+
+def codec(name: str, *, check: Callable[..., str | None] | None = None, reference: str = ""):
+    """Register a codec class under the name a config gives (``compression.codec``)."""
+    def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, compression.Codec)):
+            raise TypeError(f"codec {name!r}: register a subclass of mpisim.compression.Codec, got {cls!r}")
+        cls.name = name
+        return compression.add(name, cls, check=check, reference=reference)
 
     return deco

@@ -147,3 +147,34 @@ def test_a_users_attacks_register_like_the_built_ins(scratch):
     assert registry.attacks.entry("shift_labels_t").properties["kind"] == "data"
     with pytest.raises(registry.RegistryError, match="a colluding attack is omniscient"):
         register.attack("bad_t", omniscient=False, colludes=True)(zero)
+
+
+def test_a_users_codec_registers_and_round_trips(scratch):
+    import numpy as np
+
+    from mpisim import compression
+
+    @register.codec("half_t", check=lambda d, scale: None if scale > 0 else f"half_t: scale must be > 0, got {scale}")
+    class Half(compression.Codec):
+        """float16 coordinates, 2d bytes."""
+
+        embeds_norm = True
+
+        def __init__(self, *, scale: float = 1.0):
+            self.scale = scale
+
+        def nbytes(self, d):
+            return 2 * d
+
+        def _encode_into(self, X, out, gens):
+            out[...] = (np.asarray(X) / self.scale).astype("<f2").view(np.uint8)
+
+        def _decode_into(self, P, d, out):
+            out[...] = np.ascontiguousarray(P).view("<f2").astype(np.float32) * self.scale
+
+    scratch.append(("codec", "half_t"))
+    assert compression.param_defaults("half_t") == {"scale": 1.0}
+    assert compression.check("half_t", 8, {"scale": 0.0}) == "half_t: scale must be > 0, got 0.0"
+    codec = compression.REGISTRY["half_t"](scale=2.0)
+    x = torch.tensor([0.5, -1.0, 3.0])
+    assert torch.equal(codec.decode(codec.encode(x), 3), x) and codec.nbytes(3) == 6
