@@ -180,3 +180,22 @@ def test_loading_names_what_is_wrong(tmp_path):
         assert registry.rules.entry("fine_t").origin == str(path)
     finally:
         registry.rules.remove("fine_t")
+
+
+@pytest.mark.processes
+def test_the_example_plugin_runs_and_its_whole_row_rule_runs_sharded(tmp_path):
+    import numpy as np
+
+    from conftest import ROOT
+
+    example = ROOT / "examples" / "plugins" / "my_defence.py"
+    args = ["-m", "mpisim.server_mode", "--run.plugins", str(example), "--agents.n", "4", "--agents.per_rank", "2",
+            "--model.name", "small_mlp", "--aggregator.pre", "shrink_to_median", "--aggregator.name",
+            "norm_weighted", "--aggregator.f", "1", "--byzantine.fault", "scaled_negative", "--byzantine.count", "1",
+            "--run.rounds", "5", "--run.eval_every", "5", "--run.progress", "false", "--data.test_size", "100",
+            "--run.save_model", "true", "--run.out_dir", str(tmp_path)]
+    for ranks, servers in ((3, 1), (4, 2)):
+        result = run_mpi(ranks, [*args, "--server.ranks", str(servers), "--run.name", f"s{servers}"], timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (np.load(tmp_path / f"s{s}" / "model.npy") for s in (1, 2))
+    assert np.allclose(one, two, rtol=1e-5, atol=1e-7)  # whole-row sums added in another order
