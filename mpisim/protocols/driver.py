@@ -681,4 +681,5 @@ def entry_point(protocol: type[Protocol]) -> Callable[[Sequence[str] | None], in
     def entry(argv: Sequence[str] | None = None) -> int:
         return main(protocol, argv)
 
+    entry.protocol = protocol  # what the docs read a mode's configuration from
     return entry

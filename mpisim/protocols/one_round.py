@@ -14,8 +14,10 @@ the model they send (colluding ones through the agents' communicator, as in
 the server mode).
 
 The round, the gather into one (m, d) buffer, the faults and the byte
-counts are the server mode's (:mod:`.server`); only what a worker computes
-and what the master does with the aggregate differ.
+counts are the server mode's (:mod:`.server`), composed with a downlink that
+sends nothing (:meth:`Master.downlink`), a step that replaces the model by
+the aggregate (:meth:`Master.stepper`), and workers that compute their ERM
+(:meth:`ErmHost.compute`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..config import OneRoundConfig, validate_one_round
 from ..learning import erm
 from ..mpi import comm as mpi
 from . import driver
-from .server import SERVER, AgentHost, ServerMode, ServerPlan, ServerRole
+from .server import SERVER, AgentHost, ServerMode, ServerPlan, ServerRole, _nothing
 
 
 class OneRound(ServerMode):
@@ -44,9 +46,9 @@ class OneRound(ServerMode):
     def create(cls, world: mpi.Comm, cfg: OneRoundConfig, plan: ServerPlan) -> driver.Role:
         rank = world.Get_rank()
         agents_comm = mpi.split(world, None if rank == SERVER else 1, key=rank)  # every rank calls Split
-        if rank == SERVER:
-            return Master(world, cfg, plan)
-        return ErmHost(world, agents_comm, cfg, plan)
+        if rank == SERVER:  # one gather: the collectives (no windows to set up for one round)
+            return Master(world, cfg, plan, "collectives")
+        return ErmHost(world, agents_comm, cfg, plan, "collectives")
 
     @classmethod
     def headline(cls, s: dict) -> str:
@@ -59,14 +61,14 @@ class OneRound(ServerMode):
 class Master(ServerRole):
     """Rank 0: gather the m local minimisers, aggregate them; the aggregate is the model."""
 
-    broadcasts = False
+    def downlink(self, cfg):
+        return _nothing, _nothing  # nothing is broadcast
 
-    @staticmethod
-    def step_sizes(cfg):
-        return None  # no step: the aggregate replaces the model
+    def stepper(self, cfg):
+        def replace(filtered: torch.Tensor, t: int) -> None:  # no step: the aggregate is the model
+            self.state.model.copy_(filtered)
 
-    def update(self, filtered: torch.Tensor, t: int) -> None:
-        self.state.model.copy_(filtered)
+        return replace
 
     def summary(self, final: dict, diverged: bool) -> dict:
         solved = {int(i): info for r in self.ranks for i, info in r.get("erm", {}).items()}
@@ -93,7 +95,8 @@ class Master(ServerRole):
 class ErmHost(AgentHost):
     """An agent rank: each hosted worker's local ERM over its whole shard, sent once."""
 
-    broadcasts = False
+    def downlink(self, cfg):
+        return _nothing, _nothing  # the workers start from nothing the master sends
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

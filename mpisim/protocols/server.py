@@ -39,13 +39,15 @@ which every agent rank sends each server rank its slice of its rows
 step 5 runs the rule on the (n, b_{s+1} - b_s) slice: coordinate-wise rules
 alone, the others with the whole-row sums they need (squared norms, Gram
 matrices) added over the server ranks by an ``Allreduce``
-(:class:`SliceSums`). Each server rank steps its slice; rank 0 gathers the
+(:class:`.transport.SliceSums`). Each server rank steps its slice; rank 0 gathers the
 slices to evaluate. Compressed uplinks and the vote need whole vectors and
 are refused with S > 1.
 
 On one node, the plain rounds (float32 messages, S = 1, not the vote) do
-steps 1 and 4 through shared-memory windows instead (:class:`SharedWindows`):
-the same data, the same bytes counted, only one-byte notes through MPI.
+steps 1 and 4 through shared-memory windows instead: the same data, the
+same bytes counted, only one-byte notes through MPI. The three ways
+(collectives, shared windows, sharded slices) are :mod:`.transport`,
+chosen once when the run is created; the rounds below do not branch on it.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from ..learning import projection, schedules
 from ..mpi import comm as mpi
 from ..placement import Placement
 from ..rules import aggregators, attacks
-from . import driver, uplink
+from . import driver, transport, uplink
 from .state import Agent, Server, generator_states, load_generator_states
 
 SERVER = 0
@@ -108,10 +110,11 @@ class ServerMode(driver.Protocol):
         # Every rank calls Split.
         agents_comm = mpi.split(world, None if rank < servers else 1, key=rank)
         server_comm = mpi.split(world, 0 if rank < servers else None, key=rank) if servers > 1 else None
-        shared = SharedWindows.wanted(world, cfg, plan)
+        plain = not uplink.active(cfg) and cfg.aggregator.name != "majority_vote"
+        way = transport.choose(world, plan, plain=plain)
         if rank < servers:
-            return ServerRole(world, cfg, plan, server_comm, shared=shared)
-        return AgentHost(world, agents_comm, cfg, plan, shared=shared)
+            return ServerRole(world, cfg, plan, way, server_comm)
+        return AgentHost(world, agents_comm, cfg, plan, way)
 
     @classmethod
     def headline(cls, s: dict) -> str:
@@ -141,93 +144,20 @@ def describe_final(final: dict, test_samples: int) -> str:
 # ---------------------------------------------------------------- server
 
 
-class SharedWindows:
-    """The model and the (n, d) block of a round in one node's shared memory.
-
-    When every rank is on one node (``MPISIM_TRANSPORT`` auto, the default,
-    or shared), a plain round (float32 messages, one server rank, no vote)
-    moves nothing through MPI but one-byte notes: the server writes the model
-    into one window and tells the agent ranks; each copies it into its model,
-    computes its agents' gradients straight into its rows of the block
-    window, and tells the server, which filters the block where it lies. The
-    bytes counted are those the Bcast and Gatherv would have moved; the
-    models are the same bit for bit (tested).
-    """
-
-    def __init__(self, world: mpi.Comm, plan: ServerPlan, d: int):
-        self.model = mpi.SharedBlock(world, (d,), owner=SERVER)
-        self.block = mpi.SharedBlock(world, (plan.placement.n, d), owner=SERVER)
-        self.agent_ranks = list(range(plan.placement.first, plan.placement.world_size))
-
-    @classmethod
-    def build(cls, world: mpi.Comm, plan: ServerPlan, d: int) -> SharedWindows | None:
-        """The windows, or None when the node's shared memory cannot hold them (every rank calls it).
-
-        A container's /dev/shm is often small (64 MB by default in Docker), and
-        touching a shared page past its limit kills the process (SIGBUS, no
-        message), so rank 0 measures the free space first and every rank
-        decides from its figure: windows that do not fit with a margin go
-        through the collectives; under MPISIM_TRANSPORT=shared, windows that
-        do not fit at all stop every rank with a message (exit 2) before any
-        page is touched."""
-        need = mpi.SharedBlock.footprint((d,)) + mpi.SharedBlock.footprint((plan.placement.n, d))
-        free = mpi.bcast_small(world, mpi.shared_memory_free() if world.Get_rank() == SERVER else None,
-                               root=SERVER)
-        if free is not None and free > 2 * need:
-            return cls(world, plan, d)
-        if mpi.TRANSPORT != "shared":
-            return None
-        if free is not None and free < need:
-            driver.exit_if(world, (
-                f"MPISIM_TRANSPORT=shared: the server mode's shared-memory windows (the model and the "
-                f"{plan.placement.n} x {d} block of messages) need {need:,} bytes of /dev/shm, which has "
-                f"{free:,} bytes free; touching a page past that would kill the job (SIGBUS). Run with "
-                f"MPISIM_TRANSPORT=auto (the default: the collectives when the windows do not fit) or "
-                f"MPISIM_TRANSPORT=collectives, or give the node a larger /dev/shm (Docker: "
-                f"`docker run --shm-size=1g ...`; as root: `mount -o remount,size=1G /dev/shm`)"))
-        return cls(world, plan, d)
-
-    @staticmethod
-    def wanted(world: mpi.Comm, cfg, plan: ServerPlan) -> bool:
-        """Whether this run's rounds go through the windows (every rank calls it: the roles then
-        build them, collectively, once they know d)."""
-        one_node = mpi.on_one_node(world)
-        plain = plan.servers == 1 and not uplink.active(cfg) and cfg.aggregator.name != "majority_vote"
-        if mpi.TRANSPORT == "collectives" or not plain:
-            return False
-        if not one_node and mpi.TRANSPORT == "shared":
-            raise RuntimeError("MPISIM_TRANSPORT=shared needs every rank on one node")
-        return one_node
-
-
-class SliceSums(aggregators.Sharding):
-    """The sharded server's whole-row sums: an ``Allreduce`` of float64 parts among the server ranks.
-
-    Every server rank calls :meth:`sum` with its slice's part at the same
-    point of the rule; MPI's sum is commutative, so every rank gets the same
-    total and takes the same decisions. ``bytes`` counts the parts reduced
-    (server-internal traffic, not in the metrics' protocol bytes).
-    """
-
-    def __init__(self, comm: mpi.Comm):
-        self.comm = comm
-        self.slices = comm.Get_size()
-        self.bytes = 0
-
-    def sum(self, part: torch.Tensor) -> torch.Tensor:
-        part = part.to(torch.float64).contiguous()
-        self.bytes += part.numel() * 8
-        return torch.from_numpy(mpi.allreduce_array(self.comm, part.numpy(), op="sum"))
-
-
 class ServerRole(driver.Role):
-    """Rank 0 (ranks 0..S-1 when sharded): broadcast, gather, filter, step; evaluate."""
+    """Rank 0 (ranks 0..S-1 when sharded): send the model, gather, filter, step; evaluate.
+
+    The round is one path whatever the transport (:mod:`.transport`, chosen
+    once by :meth:`ServerMode.create`). What goes down, and when, is
+    :meth:`downlink`; how the filtered vector changes the model is
+    :meth:`stepper`: a protocol built on this one (the one-round algorithm)
+    replaces those two, not parts of the round.
+    """
 
     role = "server"
-    broadcasts = True  # the model goes out every round (the one-round algorithm sends nothing)
 
-    def __init__(self, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan,
-                 server_comm: mpi.Comm | None = None, *, shared: bool = False):
+    def __init__(self, world: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan, way: str,
+                 server_comm: mpi.Comm | None = None):
         super().__init__()
         self.world, self.cfg, self.plan = world, cfg, plan
         n, rank = plan.placement.n, world.Get_rank()
@@ -236,103 +166,75 @@ class ServerRole(driver.Role):
             self.problem.x_test = self.problem.y_test = None
         self.headline = self.problem.task.headline
         model = self.problem.model
-        self.windows = windows = SharedWindows.build(world, plan, model.d) if shared else None
-        self.server_comm = server_comm
-        self.sums = aggregators.WHOLE
-        own = model.flat
-        if server_comm is not None:  # sharded: this rank owns the coordinates [lo, hi)
-            self.bounds = mpi.slice_bounds(model.d, plan.servers)
-            lo, hi = self.bounds[rank], self.bounds[rank + 1]
-            own = model.flat[lo:hi]
-            self.sums = SliceSums(server_comm)
-            self.slices = mpi.ColumnSlices(world, d=model.d, rows_per_rank=plan.placement.counts(),
-                                           bounds=self.bounds)
+        self.transport = transport.build(way, world, plan, model.d, server_comm)
+        own = model.flat[self.transport.own(model.d)]
         self.state = Server(own, seeding.torch_generator(cfg.run.seed, seeding.SERVER),
                             n=n, averaging=cfg.aggregator.averaging)
-        self.received = (np.empty((n, own.numel()), dtype=np.float32) if windows is None
-                         else windows.block.array)  # reused every round
-        self.gradients = torch.from_numpy(self.received)
-        self.nothing = np.empty((0, model.d), dtype=np.float32)
+        rows = self.transport.inbox(own.numel())  # reused every round; the shared window itself
+        self.gradients = torch.from_numpy(rows)
         agg = cfg.aggregator
         server = getattr(cfg, "server", None)
         aggregators.set_threads(1 if server is None else server.threads)
         self.rule = aggregators.build(agg.name, f=agg.f, params=dict(agg.params), pre=agg.pre,
                                       pre_params={k: dict(v) for k, v in agg.pre_params.items()},
-                                      sharding=self.sums)
-        self.step_size = self.step_sizes(cfg)
-        self.counts = plan.placement.counts()
+                                      sharding=self.transport.sums)
         self.uplink = uplink.ServerUplink(cfg, n, model.d) if uplink.active(cfg) else None
-        if self.uplink is not None:
-            self.nothing = np.empty((0, self.uplink.received.shape[1]), dtype=np.uint8)
-            if self.uplink.side_norm:  # Algorithm 1: threshold on the norms the agents sent
-                beta = agg.params.get("beta")
-                self.rule = lambda x, rng: aggregators.threshold_on_norms(x, self.uplink.norms, f=agg.f,
-                                                                          beta=beta)
-        self.feedback = self.uplink is not None and cfg.compression.error_feedback
-        self.vote = self.broadcasts and agg.name == "majority_vote"
+        self.inbox = rows if self.uplink is None else self.uplink.received
+        if self.uplink is not None and self.uplink.side_norm:  # Algorithm 1: threshold on the sent norms
+            beta = agg.params.get("beta")
+            self.rule = lambda x, rng: aggregators.threshold_on_norms(x, self.uplink.norms, f=agg.f, beta=beta)
+        self.advance = self.stepper(cfg)
+        self.before, self.after = self.downlink(cfg)
         self.whole = True  # whether rank 0's copy of the model is current in every slice
 
-    @staticmethod
-    def step_sizes(cfg):
-        """eta_t as a function of the 0-based round."""
-        optim = cfg.optim
-        return schedules.build(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power)
+    def downlink(self, cfg):
+        """(before the gather, after the step): the model goes out at the start of every round;
+        under signSGD's vote (``majority_vote``) the ballot goes out after the step instead."""
+        if cfg.aggregator.name == "majority_vote":
+            return _nothing, self._send_vote
+        return self._send_model, _nothing
 
-    @property
-    def sharded(self) -> bool:
-        return self.server_comm is not None
+    def _send_model(self) -> None:
+        with self.timer("bcast"):
+            self.transport.share_model(self.problem.model.flat.numpy(), self.traffic)
+
+    def _send_vote(self, filtered: torch.Tensor) -> None:
+        with self.timer("bcast"):
+            self.transport.bcast(compression.pack_signs(filtered[None])[0], self.traffic)
+
+    def stepper(self, cfg):
+        """``advance(filtered, t)``: w <- Pi_W(w - eta_t * filtered), the step then the projection onto
+        W (if any). Under error feedback the agents' messages already carry eta_t (Algorithm 3:
+        w <- w - (1/m) sum of Q(p_i)), so the step is 1."""
+        step_size = step_sizes(cfg)
+        feedback = self.uplink is not None and cfg.compression.error_feedback
+        radius, total = cfg.optim.project_radius, self.transport.total
+
+        def advance(filtered: torch.Tensor, t: int) -> None:
+            take_step(self.state.model, filtered, 1.0 if feedback else step_size(t - 1), radius, total=total)
+
+        return advance
 
     def step(self, t: int) -> None:
-        w, timer, traffic = self.state.model, self.timer, self.traffic
-        self.whole = not self.sharded
-        if self.windows is not None:
-            windows, size = self.windows, self.world.Get_size()
-            with timer("bcast"):
-                np.copyto(windows.model.array, w.numpy())
-                windows.model.tell(windows.agent_ranks)
-                traffic.count("protocol", sent=w.numel() * 4 * (size - 1))
-            with timer("gather"):
-                windows.block.wait_for(windows.agent_ranks)
-                traffic.count("protocol", received=self.received.nbytes)
-        elif self.sharded:
-            with timer("bcast"):
-                mpi.allgather_slices(self.world, self.problem.model.flat.numpy(), bounds=self.bounds,
-                                     traffic=traffic)
-            with timer("gather"):
-                self.slices.exchange(self.nothing, self.received, traffic=traffic)
-        else:
-            if self.broadcasts and not self.vote:
-                with timer("bcast"):
-                    mpi.bcast(self.world, w.numpy(), root=SERVER, traffic=traffic)
-            with timer("gather"):
-                mpi.gatherv_rows(self.world, self.nothing, self.received if self.uplink is None else
-                                 self.uplink.received, rows_per_rank=self.counts, root=SERVER,
-                                 traffic=traffic)
+        timer = self.timer
+        self.whole = self.transport.whole
+        self.before()
+        with timer("gather"):
+            self.transport.gather(self.inbox, self.traffic)
         if self.uplink is not None:
             with timer("decode"):
                 self.uplink.decode(self.gradients)
         with timer("filter"):
             filtered = self.state.filter(self.gradients, self.rule)
         with timer("step"):
-            self.update(filtered, t)
-        if self.vote:
-            with timer("bcast"):
-                mpi.bcast(self.world, compression.pack_signs(filtered[None])[0], root=SERVER,
-                          traffic=traffic)
-
-    def update(self, filtered: torch.Tensor, t: int) -> None:
-        """w <- Pi_W(w - eta_t * filtered): the step, then the projection onto W (if any).
-
-        Under error feedback the agents' messages already carry eta_t
-        (Algorithm 3: w <- w - (1/m) sum of Q(p_i)), so the step is 1."""
-        take_step(self.state.model, filtered, 1.0 if self.feedback else self.step_size(t - 1),
-                  self.cfg.optim.project_radius, total=self.sums.sum if self.sharded else None)
+            self.advance(filtered, t)
+        self.after(filtered)
 
     def _gather_whole(self) -> None:
         """Give rank 0 every slice of the current model, unless it has them (the server ranks call it
         together; not counted as traffic)."""
         if not self.whole:
-            mpi.allgather_slices(self.server_comm, self.problem.model.flat.numpy(), bounds=self.bounds)
+            self.transport.assemble(self.problem.model.flat.numpy())
             self.whole = True
 
     def evaluate(self) -> dict | None:
@@ -352,8 +254,7 @@ class ServerRole(driver.Role):
                 "aggregator": cfg.aggregator.name, "f": cfg.aggregator.f,
                 "fault": cfg.byzantine.fault if plan.byzantine else "none",
                 "test_samples": len(self.problem.y_test), "server_phases": self.timer.totals,
-                **({} if not self.sharded else {"server_ranks": plan.servers, "server_slices": self.bounds,
-                                                "server_reduce_bytes": self.sums.bytes}),
+                **self.transport.summary(),
                 **({} if self.uplink is None else {"codec": self.uplink.codec.name,
                                                    "payload_bytes": self.uplink.received.shape[1]})}
 
@@ -380,7 +281,17 @@ class ServerRole(driver.Role):
 
     def load_state_dict(self, state: dict) -> None:
         self.state.load_state_dict(state["server"])
-        self.whole = not self.sharded  # each server rank's file holds its own slice only
+        self.whole = self.transport.whole  # a sharded server rank's file holds its own slice only
+
+
+def _nothing(*args) -> None:
+    """A downlink that sends nothing at this point of the round."""
+
+
+def step_sizes(cfg):
+    """eta_t as a function of the 0-based round."""
+    optim = cfg.optim
+    return schedules.build(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power)
 
 
 def take_step(w: torch.Tensor, direction: torch.Tensor, step: float, radius: float, total=None) -> None:
@@ -448,13 +359,14 @@ class Coalition:
 
 
 class AgentHost(driver.Role):
-    """An agent rank: receive w, compute its agents' gradients, (attack,) send them."""
+    """An agent rank: receive w, compute its agents' gradients, (attack,) send them.
+
+    One round whatever the transport; :meth:`downlink` mirrors the server's."""
 
     role = "agents"
-    broadcasts = True
 
     def __init__(self, world: mpi.Comm, agents_comm: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan,
-                 *, shared: bool = False):
+                 way: str):
         super().__init__()
         self.world, self.cfg, self.plan = world, cfg, plan
         rank = world.Get_rank()
@@ -468,27 +380,40 @@ class AgentHost(driver.Role):
                        for i in self.ids}
         del problem.train  # each agent keeps its own shard only
         self.model = problem.model
-        self.windows = windows = SharedWindows.build(world, plan, self.model.d) if shared else None
-        self.send = (np.empty((len(self.ids), self.model.d), dtype=np.float32) if windows is None
-                     else windows.block.array[self.ids[0]:self.ids[-1] + 1])  # its rows of the shared block
+        self.transport = transport.build(way, world, plan, self.model.d)
+        self.send = self.transport.outbox(self.model.d)  # with the shared windows: its rows of the block
         self.send_rows = torch.from_numpy(self.send)
-        self.counts = plan.placement.counts()
         self.attack = attacks.REGISTRY.get(cfg.byzantine.fault) if plan.byzantine else None
         self.params = dict(cfg.byzantine.params)
         omniscient = self.attack is not None and self.attack.kind == "message" and self.attack.omniscient
         self.coalition = Coalition(agents_comm, cfg, plan, self.attack, rank) if omniscient else None
         # Rows of the send buffer of this rank's faulty agents, for faults run here.
         self.local_faulty = [j for j, i in enumerate(self.ids) if i in plan.byzantine]
+        self.before, self.after = self.downlink(cfg)
+        self.vote = self.after == self._receive_vote  # this rank steps a replica of the model
         compressed = uplink.active(cfg)
-        self.vote = self.broadcasts and cfg.aggregator.name == "majority_vote"
         # eta_t: for error feedback's p = eta_t g + e, and for the vote replicas' step
-        self.step_size = ServerRole.step_sizes(cfg) if compressed or self.vote else None
+        self.step_size = step_sizes(cfg) if compressed or self.vote else None
         self.uplink = (uplink.AgentUplink(cfg, list(self.agents.values()), self.model.d,
                                           step_size=self.step_size) if compressed else None)
-        self.ballot = np.empty(-(-self.model.d // 8), dtype=np.uint8) if self.vote else None
-        self.bounds = mpi.slice_bounds(self.model.d, plan.servers) if plan.servers > 1 else None
-        self.slices = (mpi.ColumnSlices(world, d=self.model.d, rows_per_rank=self.counts, bounds=self.bounds)
-                       if self.bounds else None)
+        self.ballot = np.empty(-(-self.model.d // 8), dtype=np.uint8)
+
+    def downlink(self, cfg):
+        """(before the round, after the gather), as :meth:`ServerRole.downlink`."""
+        if cfg.aggregator.name == "majority_vote":
+            return _nothing, self._receive_vote
+        return self._receive_model, _nothing
+
+    def _receive_model(self) -> None:
+        with self.timer("bcast"):
+            self.transport.share_model(self.model.flat.numpy(), self.traffic)
+
+    def _receive_vote(self, t: int) -> None:
+        with self.timer("bcast"):
+            self.transport.bcast(self.ballot, self.traffic)
+        with self.timer("step"):
+            vote = compression.unpack_signs(self.ballot[None], self.model.d)[0]
+            take_step(self.model.flat, vote, self.step_size(t - 1), self.cfg.optim.project_radius)
 
     def _batches(self, whole: bool = False) -> list:
         """Every hosted agent's batch (its whole shard if ``whole``), labels corrupted for
@@ -518,16 +443,8 @@ class AgentHost(driver.Role):
                                                           rngs=rngs, **self.params).numpy()
 
     def step(self, t: int) -> None:
-        timer, traffic = self.timer, self.traffic
-        if self.windows is not None:
-            self._shared_step(t)
-            return
-        if self.slices is not None:
-            with timer("bcast"):
-                mpi.allgather_slices(self.world, self.model.flat.numpy(), bounds=self.bounds, traffic=traffic)
-        elif self.broadcasts and not self.vote:
-            with timer("bcast"):
-                mpi.bcast(self.world, self.model.flat.numpy(), root=SERVER, traffic=traffic)
+        timer = self.timer
+        self.before()
         with timer("compute"):
             self.compute()
         with timer("attack"):
@@ -537,32 +454,8 @@ class AgentHost(driver.Role):
             with timer("encode"):
                 send = self.uplink.encode(self.send_rows, t)
         with timer("gather"):
-            if self.slices is not None:
-                self.slices.exchange(send, None, traffic=traffic)
-            else:
-                mpi.gatherv_rows(self.world, send, None, rows_per_rank=self.counts, root=SERVER,
-                                 traffic=traffic)
-        if self.vote:
-            with timer("bcast"):
-                mpi.bcast(self.world, self.ballot, root=SERVER, traffic=traffic)
-            with timer("step"):
-                vote = compression.unpack_signs(self.ballot[None], self.model.d)[0]
-                take_step(self.model.flat, vote, self.step_size(t - 1), self.cfg.optim.project_radius)
-
-    def _shared_step(self, t: int) -> None:
-        """One round through the shared windows (see :class:`SharedWindows`)."""
-        timer, traffic, windows = self.timer, self.traffic, self.windows
-        with timer("bcast"):
-            windows.model.wait_for([SERVER])
-            np.copyto(self.model.flat.numpy(), windows.model.array)
-            traffic.count("protocol", received=self.model.d * 4)
-        with timer("compute"):
-            self.compute()
-        with timer("attack"):
-            self._corrupt()
-        with timer("gather"):
-            windows.block.tell([SERVER])
-            traffic.count("protocol", sent=self.send.nbytes)
+            self.transport.gather(send, self.traffic)
+        self.after(t)
 
     def train_loss(self) -> tuple[float, int]:
         windows = [agent.losses.take() for agent in self.agents.values()]

@@ -11,7 +11,7 @@ import torch
 from mpi4py import MPI
 
 from mpisim.mpi import comm as mpi
-from mpisim.protocols.server import SliceSums
+from mpisim.protocols.transport import SliceSums
 from mpisim.rules import aggregators
 
 pytestmark = pytest.mark.mpi(min_size=3)
