@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from mpisim.rules import attacks
 from mpisim.rules.attacks import REGISTRY, alie_z, check, param_defaults
 
 MESSAGE = sorted(name for name, a in REGISTRY.items() if a.kind == "message")
@@ -441,3 +442,28 @@ def test_every_message_attack_accepts_the_interface_arguments():
         defaults = param_defaults(name)
         out = REGISTRY[name].fn(torch.ones(2, 3), honest=HONEST_4x3, f=2, rngs=gens(1, 2), **defaults)
         assert out.shape == (2, 3), name
+
+
+def test_a_rule_aware_attack_takes_ctx_which_is_not_a_parameter_and_gets_the_servers_pipeline():
+    from types import SimpleNamespace
+
+    from mpisim import registry, seeding
+    from mpisim.rules import aggregators
+
+    def aware(own, *, honest, f, rngs, ctx, scale: float = 1.0):
+        return own
+
+    entry = attacks.add("aware_t", "message", True, False, aware, "a test")
+    try:
+        assert entry.wants_ctx and not attacks.REGISTRY["sign_flip"].wants_ctx
+        assert registry.attacks.entry("aware_t").params == {"scale": 1.0}  # ctx is the interface's
+    finally:
+        registry.attacks.remove("aware_t")
+    agg = SimpleNamespace(name="cwtm", f=1, params={}, pre=("bucketing",), pre_params={"bucketing": {"s": 2}})
+    for_round = attacks.pipeline(SimpleNamespace(aggregator=agg), seed=5)
+    x = torch.randn(8, 30, generator=torch.Generator().manual_seed(0))
+    server = aggregators.build("cwtm", f=1, pre=("bucketing",), pre_params={"bucketing": {"s": 2}})
+    for t in (1, 2):
+        want = server(x, seeding.torch_generator(5, seeding.ATTACK_PIPELINE, t))
+        assert torch.equal(for_round(t)(x), want) and torch.equal(for_round(t)(x), want)
+    assert not torch.equal(for_round(1)(x), for_round(2)(x))  # a fresh shuffle every round

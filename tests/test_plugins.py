@@ -54,6 +54,23 @@ PLUGIN = textwrap.dedent('''
     def opposite_mean(own, *, honest, f, rngs, scale: float = 2.0):
         """Every faulty agent sends -scale times the honest agents' mean."""
         return (-scale * honest.mean(dim=0)).expand(own.shape[0], -1).clone()
+
+
+    @register.attack("against_rule_t", omniscient=True, colludes=True)
+    def against_rule(own, *, honest, f, rngs, ctx, scales: tuple = (0.5, 2.0, 8.0)):
+        """Of a few multiples of -mean(honest), send the one that moves the server's aggregate most."""
+        assert ctx.round >= 1 and ctx.step_size > 0 and ctx.model.shape == (own.shape[1],), ctx
+        assert ctx.n == own.shape[0] + honest.shape[0] and ctx.rule == "cwtm", ctx
+        mean = honest.mean(dim=0)
+
+        def shift(scale):
+            x = torch.cat((honest, (-scale * mean).expand(own.shape[0], -1)))
+            out = ctx.aggregate(x)
+            assert torch.equal(out, ctx.aggregate(x))  # one stream per round: the same draw at every call
+            return float((out - mean).norm())
+
+        best = max(scales, key=shift)
+        return (-best * mean).expand(own.shape[0], -1).clone()
 ''')
 
 COMMON = ["-m", "mpisim.server_mode", "--agents.n", "4", "--run.rounds", "6", "--run.eval_every", "3",
@@ -97,6 +114,21 @@ def test_a_plugin_rule_runs_packed_unpacked_and_sharded_to_the_same_model(plugin
     assert recorded["file"] == str(plugin_dir / "my_defence.py") and len(recorded["sha256"]) == 64
     saved = (plugin_dir / "runs" / "packed" / "config.toml").read_text()
     assert str(plugin_dir / "my_defence.py") in saved and recorded["sha256"] in saved
+
+
+@pytest.mark.processes
+def test_a_rule_aware_plugin_attack_gets_the_rounds_context_packed_and_unpacked(plugin_dir):
+    # bucketing shuffles with the server's stream: the attack's copy of the pipeline draws from its own
+    args = ["--run.plugins", "my_defence.py", "--aggregator.name", "cwtm", "--aggregator.pre", "bucketing",
+            "--agents.n", "6", "--byzantine.fault", "against_rule_t"]
+    packed = job(3, [*args, "--agents.per_rank", "3"], plugin_dir, "aware_packed")
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    unpacked = job(4, [*args, "--agents.per_rank", "2"], plugin_dir, "aware_unpacked")
+    assert unpacked.returncode == 0, unpacked.stderr[-3000:]
+    assert model(plugin_dir, "aware_packed") == model(plugin_dir, "aware_unpacked")
+    blind = job(3, [*args[:-1], "opposite_mean_t", "--agents.per_rank", "3"], plugin_dir, "blind")
+    assert blind.returncode == 0, blind.stderr[-3000:]
+    assert model(plugin_dir, "blind") != model(plugin_dir, "aware_packed")
 
 
 @pytest.mark.processes

@@ -109,8 +109,17 @@ class ByzantineMessages:
         self.senders = [node for node in nodes.values() if node.byzantine]
         self.rows = {node.id: torch.tensor([pool.message_row[k] for k in pool.message_row if k[0] == node.id])
                      for node in self.senders}
+        self.wants_ctx = self.attack is not None and self.attack.wants_ctx
+        self.screening = cfg.screening
 
-    def fill(self) -> None:
+    def _extra(self, node, t: int, eta: float) -> dict:
+        """A rule-aware attack's context: no server pipeline here (None), the node's own model."""
+        if not self.wants_ctx:
+            return {}
+        return {"ctx": attacks.Context(aggregate=None, model=node.model.clone(), round=t, step_size=eta,
+                                       n=self.pool.plan.n, f=self.screening.b, rule=self.screening.name)}
+
+    def fill(self, t: int, eta: float) -> None:
         for node in self.senders:
             rows, rng = self.rows[node.id], node.fault_rng
             if self.fault == "init_random":
@@ -118,7 +127,7 @@ class ByzantineMessages:
             else:
                 own = node.model.expand(len(rows), -1)
                 messages = self.attack.fn(own, honest=None, f=self.num_byzantine, rngs=[rng] * len(rows),
-                                          **self.params)
+                                          **self.params, **self._extra(node, t, eta))
             self.pool.pool.index_copy_(0, rows, messages.to(torch.float32))
 
 
@@ -186,9 +195,9 @@ class NodeHost(driver.Role):
         if self.cfg.local.l2:
             self.grads.add_(self.pool.models, alpha=self.cfg.local.l2)
 
-    def _exchange_and_screen(self, step: float | None) -> None:
+    def _exchange_and_screen(self, t: int, eta: float, step: float | None) -> None:
         if self.exchanging:
-            self.byzantine.fill()
+            self.byzantine.fill(t, eta)
             with self.timer("exchange"):
                 self.exchange.exchange(self.pool.pool.numpy(), self.pool.incoming.numpy(),
                                        traffic=self.traffic)
@@ -211,7 +220,7 @@ class NodeHost(driver.Role):
             elif self.cfg.local.order == "step_then_screen":
                 self.pool.models.sub_(self.grads, alpha=eta)
         screened_step = self.cfg.local.method == "gd" and self.cfg.local.order == "screen_then_step"
-        self._exchange_and_screen(step=eta if screened_step else None)
+        self._exchange_and_screen(t, eta, step=eta if screened_step else None)
 
     def train_loss(self) -> tuple[float, int]:
         windows = [node.losses.take() for node in self.nodes.values()]

@@ -330,8 +330,9 @@ class Coalition:
         self.everyone = None
         self.received = None
 
-    def corrupt(self, send: np.ndarray, traffic: mpi.Traffic) -> None:
-        """Replace the faulty agents' rows of ``send`` by their messages (every agent rank calls it)."""
+    def corrupt(self, send: np.ndarray, traffic: mpi.Traffic, extra: dict | None = None) -> None:
+        """Replace the faulty agents' rows of ``send`` by their messages (every agent rank calls it);
+        ``extra``: keywords for the attack besides its interface (a rule-aware attack's ``ctx``)."""
         d = send.shape[1]
         if self.is_leader and (self.everyone is None or self.everyone.shape[1] != d):
             self.everyone = np.empty((self.plan.placement.n, d), dtype=np.float32)
@@ -342,7 +343,7 @@ class Coalition:
             everyone = torch.from_numpy(self.everyone)
             byz, honest = list(self.plan.byzantine), list(self.plan.honest)
             messages = self.attack.fn(everyone[byz], honest=everyone[honest], f=len(byz),
-                                      rngs=[self.rngs[i] for i in byz], **self.params)
+                                      rngs=[self.rngs[i] for i in byz], **self.params, **(extra or {}))
             messages = np.ascontiguousarray(messages.numpy(), dtype=np.float32)
         if self.received is None or self.received.shape[1] != d:
             self.received = np.empty((len(self.local), d), dtype=np.float32)
@@ -397,6 +398,21 @@ class AgentHost(driver.Role):
         self.uplink = (uplink.AgentUplink(cfg, list(self.agents.values()), self.model.d,
                                           step_size=self.step_size) if compressed else None)
         self.ballot = np.empty(-(-self.model.d // 8), dtype=np.uint8)
+        self.round = 0
+        # Rule-aware attacks get the round's context (the server's pipeline, the model, eta_t).
+        self.pipeline = (attacks.pipeline(cfg, seed) if self.attack is not None and self.attack.wants_ctx
+                         else None)
+        self.eta = step_sizes(cfg) if self.pipeline is not None and hasattr(cfg, "optim") else None
+
+    def extra(self) -> dict:
+        """The keywords an attack takes besides its interface: ``ctx`` for a rule-aware one."""
+        if self.pipeline is None:
+            return {}
+        t = self.round
+        return {"ctx": attacks.Context(
+            aggregate=self.pipeline(t), model=self.model.flat.clone(), round=t,
+            step_size=None if self.eta is None else self.eta(t - 1), n=self.plan.placement.n,
+            f=self.cfg.aggregator.f, rule=self.cfg.aggregator.name)}
 
     def downlink(self, cfg):
         """(before the round, after the gather), as :meth:`ServerRole.downlink`."""
@@ -424,7 +440,7 @@ class AgentHost(driver.Role):
                 x, y = batches[j]
                 agent = self.agents[self.ids[j]]
                 batches[j] = (x, self.attack.fn(y, num_classes=self.num_classes, rng=agent.fault_rng,
-                                                **self.params))
+                                                **self.params, **self.extra()))
         return batches
 
     def compute(self) -> None:
@@ -435,15 +451,16 @@ class AgentHost(driver.Role):
 
     def _corrupt(self) -> None:
         if self.coalition is not None:
-            self.coalition.corrupt(self.send, self.traffic)
+            self.coalition.corrupt(self.send, self.traffic, self.extra())
         elif self.attack is not None and self.attack.kind == "message" and self.local_faulty:
             own = torch.from_numpy(self.send[self.local_faulty])
             rngs = [self.agents[self.ids[j]].fault_rng for j in self.local_faulty]
             self.send[self.local_faulty] = self.attack.fn(own, honest=None, f=len(self.plan.byzantine),
-                                                          rngs=rngs, **self.params).numpy()
+                                                          rngs=rngs, **self.params, **self.extra()).numpy()
 
     def step(self, t: int) -> None:
         timer = self.timer
+        self.round = t
         self.before()
         with timer("compute"):
             self.compute()

@@ -17,6 +17,10 @@ Two kinds of fault:
   * Omniscient attacks (``omniscient=True``) run once per round on one leader
     rank, over *all* faulty agents (they may collude), with ``honest`` (h, d) the
     true gradients of the h honest agents of the round.
+  * An attack that also takes the keyword ``ctx`` receives the round's
+    :class:`Context`: the server's pipeline as a callable on an (n, d) block,
+    the current model, the round and the step size. That is what attacks
+    that adapt to the defence need.
 
 - **data** attacks corrupt the labels of a faulty agent's batch before it
   computes its gradient: ``fn(labels, *, num_classes, rng, **params) -> LongTensor``.
@@ -45,6 +49,7 @@ from .. import registry
 
 __all__ = [
     "Attack",
+    "Context",
     "REGISTRY",
     "add",
     "alie_z",
@@ -54,8 +59,8 @@ __all__ = [
 
 # Arguments the simulator passes to every attack of a kind; everything else in
 # the keyword-only signature is a user-settable hyperparameter.
-_MESSAGE_ARGS = ("honest", "f", "rngs")
-_DATA_ARGS = ("num_classes", "rng")
+_MESSAGE_ARGS = ("honest", "f", "rngs", "ctx")
+_DATA_ARGS = ("num_classes", "rng", "ctx")
 
 # Messages travel as float32 buffers: a finite value beyond this would arrive as inf.
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -480,6 +485,52 @@ def _check_value(n: int, num_byzantine: int, *, value) -> str | None:
 # Registry
 
 @dataclass(frozen=True)
+class Context:
+    """The round as a rule-aware attack sees it: passed as ``ctx=`` to an attack that takes ``ctx``.
+
+    - ``aggregate(x) -> (d,)``: the server's pipeline on an (n, d) float32
+      block: the run's pre-aggregation steps, then its rule, with the run's
+      f and parameters, on whole rows (also when the server is sharded). Its
+      randomness (bucketing's shuffle) comes from its own stream, the same at
+      every call of a round, so the attacker's draws never move the server's.
+      Not included: the server-side gradient averaging of the CGE paper
+      (``aggregator.averaging``, state the server keeps) and a thresholding
+      on compressed norms. None in the decentralized mode (no server).
+    - ``model``: a copy of the model the round's gradients are computed at.
+    - ``round``: the round, from 1; ``step_size``: the eta_t the server will
+      step by (None when the aggregate replaces the model: one-round).
+    - ``n``: the agents (or nodes); ``f``: the rule's f; ``rule``: its name.
+    """
+
+    aggregate: Callable[[torch.Tensor], torch.Tensor] | None
+    model: torch.Tensor
+    round: int
+    step_size: float | None
+    n: int
+    f: int
+    rule: str
+
+
+def pipeline(cfg, seed: int) -> Callable[[int], Callable[[torch.Tensor], torch.Tensor]]:
+    """``for_round(t)``: the server's pipeline of ``cfg.aggregator`` as :attr:`Context.aggregate` for
+    round t (the rule is built once; each call draws from the stream (ATTACK_PIPELINE, t))."""
+    from .. import seeding
+    from . import aggregators
+
+    agg = cfg.aggregator
+    rule = aggregators.build(agg.name, f=agg.f, params=dict(agg.params), pre=agg.pre,
+                             pre_params={k: dict(v) for k, v in agg.pre_params.items()})
+
+    def for_round(t: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def aggregate(x: torch.Tensor) -> torch.Tensor:
+            return rule(x.to(torch.float32), seeding.torch_generator(seed, seeding.ATTACK_PIPELINE, t))
+
+        return aggregate
+
+    return for_round
+
+
+@dataclass(frozen=True)
 class Attack:
     """One fault type: its config name, how the simulator runs it, and where it is defined.
 
@@ -497,6 +548,11 @@ class Attack:
     fn: Callable
     check: Callable[..., str | None]
     reference: str                 # paper and section/equation
+
+    @property
+    def wants_ctx(self) -> bool:
+        """Whether ``fn`` takes the round's :class:`Context` (keyword ``ctx``)."""
+        return "ctx" in inspect.signature(self.fn).parameters
 
     @property
     def summary(self) -> str:
