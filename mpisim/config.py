@@ -111,9 +111,12 @@ class DataConfig:
     test_size: int = _opt(0, "evaluate on the first this many test samples (0: all)")
     partition: str = _opt("iid", "split of the training set across agents or nodes: iid, dirichlet "
                                  "(per-class proportions ~ Dirichlet(alpha)), label_shards (sort by "
-                                 "label, deal shards)")
-    alpha: float = _opt(0.5, "concentration of the dirichlet partition (large: near iid, small: skewed)")
-    shards_per_agent: int = _opt(2, "shards dealt to each agent by the label_shards partition")
+                                 "label, deal shards), or a plugin's")
+    partition_params: Mapping[str, Any] = _opt({}, "the partition's own parameters, e.g. "
+                                                   "--data.partition_params.alpha 0.1 (dirichlet, default 0.5: "
+                                                   "large near iid, small skewed), "
+                                                   "--data.partition_params.shards_per_agent 3 (label_shards, "
+                                                   "default 2)")
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,8 @@ MOVED = {
                  "inverse --optim.lr 1/(lam t0) --optim.t0 t0 (the default: lam = 1, t0 = 500)",
     "local.t0": "it is --optim.t0 (with --optim.schedule inverse, the default here)",
     "local.lr": "Adam's learning rate is --optim.lr (with --optim.schedule constant for a fixed one)",
+    "data.alpha": "dirichlet's concentration is --data.partition_params.alpha (default 0.5)",
+    "data.shards_per_agent": "label_shards' count is --data.partition_params.shards_per_agent (default 2)",
 }
 
 
@@ -563,8 +568,30 @@ def parse_args(cls, argv: list[str] | None, *, prog: str, description: str, extr
         overrides = _deep_merge(overrides, _nest([section, name, *inside], value))
 
     tables = load_toml(known.config) if known.config else {}
+    if known.config and _in_run_dir(Path(known.config)):
+        tables = upgrade_saved(tables)
     cfg = _build(cls, _deep_merge(tables, overrides))
     return cfg, known.print_config
+
+
+def _in_run_dir(path: Path) -> bool:
+    """Whether ``path`` is the config.toml of a run directory (beside its metrics.jsonl)."""
+    return path.name == "config.toml" and (path.parent / "metrics.jsonl").exists()
+
+
+def upgrade_saved(tables: Mapping[str, Any]) -> dict:
+    """A run directory's config.toml as written by an older mpisim, with moved fields where they went,
+    so that ``--run.resume`` goes on with the run as it started (a user's own file gets the
+    :data:`MOVED` message instead): ``data.alpha`` and ``data.shards_per_agent`` are the dirichlet and
+    label_shards partitions' parameters (``data.partition_params``)."""
+    data = dict(tables.get("data", {}))
+    moved = {key: data.pop(key) for key in ("alpha", "shards_per_agent") if key in data}
+    if not moved:
+        return dict(tables)
+    own = {"dirichlet": "alpha", "label_shards": "shards_per_agent"}.get(data.get("partition", "iid"))
+    if own in moved:
+        data["partition_params"] = {own: moved[own], **dict(data.get("partition_params", {}))}
+    return {**tables, "data": data}
 
 
 def _is_table(annotation) -> bool:
@@ -725,12 +752,12 @@ def validate_problem(cfg, *, num_shards: int) -> int:
             f"must be >= 0 (0: the whole local shard), got {data_cfg.batch_size}")
     require(data_cfg.batch_fraction == 0 or 0 < data_cfg.batch_fraction <= 1, "data.batch_fraction",
             f"must be in (0, 1] (or 0 to use data.batch_size), got {data_cfg.batch_fraction}")
-    require(data_cfg.partition in partition.PARTITIONS, "data.partition",
-            f"unknown partition {data_cfg.partition!r}; known: {', '.join(partition.PARTITIONS)}")
-    require(math.isfinite(data_cfg.alpha) and data_cfg.alpha > 0, "data.alpha",
-            f"must be a positive number, got {data_cfg.alpha}")
-    require(data_cfg.shards_per_agent >= 1, "data.shards_per_agent",
-            f"must be >= 1, got {data_cfg.shards_per_agent}")
+    _raise(partition.check_params(data_cfg.partition, dict(data_cfg.partition_params)))
+    needs_labels = partition.PARTITIONS.entry(data_cfg.partition).properties["needs_labels"]
+    label_free = ", ".join(e.name for e in partition.PARTITIONS.entries() if not e.properties["needs_labels"])
+    require(spec.kind == "classification" or not needs_labels, "data.partition",
+            f"{data_cfg.partition} needs class labels, but {data_cfg.name} is a {spec.kind} data set; "
+            f"partitions that need none: {label_free}")
 
     args = dict(params=dict(data_cfg.params), seed=cfg.run.seed)
     try:
@@ -761,7 +788,7 @@ def make_partition(cfg, num_shards: int, *, labels, num_samples: int):
     data_cfg = cfg.data
     return partition.partition(data_cfg.partition, num_samples=num_samples, labels=labels,
                                num_agents=num_shards, seed=cfg.run.seed, subset=data_cfg.train_size,
-                               alpha=data_cfg.alpha, shards_per_agent=data_cfg.shards_per_agent,
+                               params=dict(data_cfg.partition_params),
                                min_size=1 if data_cfg.batch_fraction else max(1, data_cfg.batch_size))
 
 

@@ -30,7 +30,13 @@ name that a built-in or another plugin has is an error.
   agent), or a data attack ``fn(labels, *, num_classes, rng, **params)``
   returning the labels a faulty agent trains on. ``colludes``: the faulty
   agents' messages are computed together, by one of them (implies
-  ``omniscient``). ``check(n, num_byzantine, **params)`` as for rules.
+  ``omniscient``). ``check(n, num_byzantine, **params)`` as for rules. An
+  attack that also takes the keyword ``ctx`` receives the round's
+  :class:`mpisim.rules.attacks.Context`: ``ctx.aggregate(x)`` runs the
+  server's pipeline (pre-aggregation, rule, the run's f and parameters) on an
+  (n, d) block, ``ctx.model`` is the current model, ``ctx.round`` and
+  ``ctx.step_size`` the round and its eta_t: what an attack that adapts to
+  the defence needs.
 - :func:`screening`: a decentralized node's screen ``fn(own, received, *, b)
   -> (d,)`` (``own``: the node's model, ``received``: the (m, d) models of
   its m neighbours, at most b of them Byzantine); ``check(m, b)`` returns a
@@ -47,18 +53,44 @@ name that a built-in or another plugin has is an error.
   over the defaults given to the decorator. ``kind`` is "classification"
   (one score per class) or "regression" (``num_classes`` is then None).
   Every rank builds it from the run's seed, so all start from one model.
+- :func:`dataset`: a loader ``load(root, split, params, seed) -> Dataset``
+  (:class:`mpisim.datasets.Dataset`) of split "train" or "test"; ``root``
+  is the directory of its files (``data.root``, else ``default_root``; None
+  when ``needs_root=False``), ``params`` holds ``data.params`` over the
+  defaults given to the decorator, ``seed`` is the run's seed. ``kind`` is
+  "classification" (int64 labels in [0, num_classes)) or "regression".
+  ``num_samples`` and ``labels``, with the loader's arguments, are cheaper
+  ways to count a split and read its labels (validation computes the whole
+  partition from them); without them the split is loaded. ``check(params)
+  -> (key, message) | None`` names the first ``data.params`` value it cannot
+  use.
+- :func:`partition`: ``fn(pool, labels, num_agents, seed, **params) ->
+  list[ndarray]``, the sample indices of each of the num_agents shards,
+  disjoint and together the pool (``pool``: the (m,) indices to share out, in
+  a seeded random order; ``labels``: the whole training set's class labels,
+  None for a set without labels, which refuses ``needs_labels``), every parameter
+  (``data.partition_params``) keyword-only with a default; one taking
+  ``min_size`` gets the fewest samples a shard may hold (see
+  :mod:`mpisim.datasets.partition`). ``check(params) -> (key, message) |
+  None`` as for data sets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
-from . import compression
+import numpy as np
+
+from . import compression, datasets
+from .datasets import partition as partitions
 from .learning import models
 from .rules import aggregators, attacks
 from .rules import screening as screenings
 
-__all__ = ["rule", "pre_aggregator", "attack", "screening", "codec", "model"]
+__all__ = ["rule", "pre_aggregator", "attack", "screening", "codec", "model", "dataset", "partition"]
 
 
 def _no_check(n: int, f: int, **params) -> None:
@@ -123,5 +155,34 @@ def codec(name: str, *, check: Callable[..., str | None] | None = None, referenc
             raise TypeError(f"codec {name!r}: register a subclass of mpisim.compression.Codec, got {cls!r}")
         cls.name = name
         return compression.add(name, cls, check=check, reference=reference)
+
+    return deco
+
+
+def dataset(name: str, *, kind: str, params: dict | None = None,
+            check: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None, description: str = "",
+            reference: str = "", needs_root: bool = True, default_root: str | os.PathLike | None = None,
+            num_samples: Callable[..., int] | None = None, labels: Callable[..., np.ndarray | None] | None = None):
+    """Register a data set's loader under the name a config gives (``data.name``)."""
+    def deco(load: Callable) -> Callable:
+        from . import registry
+
+        datasets.add(datasets.Spec(
+            name=name, kind=kind, description=description or registry.first_line(load), load=load,
+            num_samples=num_samples, labels=labels, params=dict(params or {}), needs_root=needs_root,
+            default_root=Path(default_root).expanduser() if default_root else None, check=check),
+            reference=reference)
+        return load
+
+    return deco
+
+
+def partition(name: str, *, needs_labels: bool,
+              check: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None, description: str = "",
+              reference: str = ""):
+    """Register a partition of the training set under the name a config gives (``data.partition``)."""
+    def deco(fn: Callable) -> Callable:
+        return partitions.add(name, fn, needs_labels=needs_labels, check=check, description=description,
+                              reference=reference)
 
     return deco

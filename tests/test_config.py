@@ -251,3 +251,20 @@ def test_graph_redraw_is_bounded():
     with pytest.raises(ConfigError) as info:
         config.validate_decentralized(cfg, world_size=20)
     assert info.value.field == "graph.redraw"
+
+
+def test_an_older_run_directorys_moved_partition_fields_are_read_where_they_went(tmp_path):
+    from mpisim.protocols.server import ServerMode
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("")
+    old = "[data]\npartition = \"dirichlet\"\nalpha = 0.2\nshards_per_agent = 2\n"
+    (run_dir / "config.toml").write_text(old)
+    cfg, _ = config.parse_args(ServerMode.config_class, ["--config", str(run_dir / "config.toml")],
+                               prog="t", description="")
+    assert dict(cfg.data.partition_params) == {"alpha": 0.2}
+    (tmp_path / "mine.toml").write_text(old)  # a user's own file is told where the field went
+    with pytest.raises(config.ConfigError, match="data.alpha: no longer a field.*partition_params.alpha"):
+        config.parse_args(ServerMode.config_class, ["--config", str(tmp_path / "mine.toml")], prog="t",
+                          description="")

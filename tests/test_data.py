@@ -4,12 +4,14 @@ import gzip
 import json
 import pickle
 import struct
+from types import MappingProxyType
 
 import numpy as np
 import pytest
 import torch
 
 from mpisim import datasets as data
+from mpisim import registry
 from mpisim.datasets import build
 
 
@@ -139,12 +141,45 @@ def test_agent_batches_come_from_its_shard_and_depend_only_on_seed_and_id():
 
 
 def test_registry_describes_every_set():
-    assert set(data.REGISTRY) == {"mnist", "mnist-small", "fashion-mnist", "cifar10", "synthetic_regression"}
+    # data.REGISTRY is the one registry's view: name -> Spec, the Entry beside it.
+    assert data.REGISTRY is registry.datasets
+    assert {e.name for e in registry.datasets.entries() if e.origin == "mpisim"} == {
+        "mnist", "mnist-small", "fashion-mnist", "cifar10", "synthetic_regression"}
     for name, spec in data.REGISTRY.items():
+        entry = registry.datasets.entry(name)
         assert spec.name == name and spec.kind in ("classification", "regression") and spec.description
+        assert entry.obj is spec and entry.kind == "dataset" and entry.description == spec.description
+        assert entry.params == spec.params and entry.check is spec.check and entry.reference
+        assert entry.properties == {"kind": spec.kind, "needs_root": spec.needs_root,
+                                    "default_root": spec.default_root}
     assert data.REGISTRY["mnist-small"].default_root == data.BUILTIN_DIR / "mnist-small"
     assert data.REGISTRY["mnist"].default_root is None and data.REGISTRY["mnist"].needs_root
     assert not data.REGISTRY["synthetic_regression"].needs_root
+    assert registry.datasets.entry("synthetic_regression").params == {
+        "samples": 4000, "dim": 1000, "noise": 0.0, "test_samples": 1000}
+
+
+def test_a_spec_without_counters_loads_to_count_and_its_loader_is_held_to_its_kind():
+    rows = {"train": 7, "test": 3}
+
+    def load(root, split, params, seed):
+        targets = np.arange(rows[split]) % 2
+        return data.Dataset(np.zeros((rows[split], 2), np.float32), targets.astype(np.int64), 2, None, None)
+
+    spec = data.Spec(name="two_t", kind="classification", description="two", load=load)
+    wrong = data.Spec(name="wrong_t", kind="regression", description="a liar", load=load, needs_root=False)
+
+    assert spec.num_samples(None, "train", {}, 0) == 7 and spec.labels(None, "test", {}, 0).tolist() == [0, 1, 0]
+    assert isinstance(spec.params, MappingProxyType)
+    with pytest.raises(registry.RegistryError, match="kind must be one of classification, regression"):
+        data.Spec(name="bad_t", kind="ranking", description="", load=load)
+    data.add(wrong, origin="a test")
+    try:
+        with pytest.raises(data.DataError, match="'wrong_t' is registered as regression but its load returned "
+                                                 "a classification Dataset"):
+            data.load("wrong_t", "", "train")
+    finally:
+        registry.datasets.remove("wrong_t")
 
 
 def test_check_params_names_the_field_and_lists_what_is_accepted():

@@ -178,3 +178,64 @@ def test_a_users_codec_registers_and_round_trips(scratch):
     codec = compression.REGISTRY["half_t"](scale=2.0)
     x = torch.tensor([0.5, -1.0, 3.0])
     assert torch.equal(codec.decode(codec.encode(x), 3), x) and codec.nbytes(3) == 6
+
+
+def test_every_built_in_data_set_and_partition_is_an_entry_with_its_parameters():
+    from mpisim import datasets
+    from mpisim.datasets import partition
+
+    assert registry.datasets is datasets.REGISTRY and registry.partitions is partition.PARTITIONS
+    assert {e.name: e.params for e in registry.datasets.entries() if e.origin == "mpisim"} == {
+        "mnist": {}, "mnist-small": {}, "fashion-mnist": {}, "cifar10": {},
+        "synthetic_regression": {"samples": 4000, "dim": 1000, "noise": 0.0, "test_samples": 1000}}
+    assert registry.datasets.entry("mnist-small").properties["kind"] == "classification"
+    assert registry.datasets.entry("synthetic_regression").properties["needs_root"] is False
+    assert {e.name: e.params for e in registry.partitions.entries() if e.origin == "mpisim"} == {
+        "iid": {}, "dirichlet": {"alpha": 0.5}, "label_shards": {"shards_per_agent": 2}}
+    assert registry.partitions["dirichlet"] is partition.dirichlet
+    assert registry.partitions.entry("iid").properties == {"needs_labels": False, "min_size": False}
+    assert registry.partitions.entry("dirichlet").properties == {"needs_labels": True, "min_size": True}
+    assert "McMahan" in registry.partitions.entry("label_shards").reference
+    assert registry.partitions.entry("dirichlet").check({"alpha": 0}) == ("alpha", "must be a positive number, got 0")
+
+
+def test_a_users_data_set_registers_like_a_built_in_and_its_counters_spare_the_loading(scratch):
+    import numpy as np
+
+    from mpisim import datasets
+
+    loads = []
+
+    @register.dataset("ramp_t", kind="regression", params={"rows": 5}, needs_root=False, reference="a test",
+                      check=lambda p: None if p["rows"] >= 1 else ("rows", f"must be >= 1, got {p['rows']}"),
+                      num_samples=lambda root, split, params, seed: params["rows"],
+                      labels=lambda root, split, params, seed: None)
+    def ramp(root, split, params, seed):
+        """y = x on a ramp of `rows` points."""
+        loads.append(split)
+        x = np.arange(params["rows"], dtype=np.float32)[:, None]
+        return datasets.Dataset(x, x[:, 0].copy(), None, None, None)
+
+    scratch.append(("dataset", "ramp_t"))
+    entry = registry.datasets.entry("ramp_t")
+    assert entry.params == {"rows": 5} and entry.description == "y = x on a ramp of `rows` points."
+    assert entry.properties == {"kind": "regression", "needs_root": False, "default_root": None}
+    assert entry.origin == __name__ and entry.reference == "a test"
+    assert datasets.num_samples("ramp_t", "", "train", params={"rows": 9}) == 9
+    assert datasets.labels("ramp_t", "", "train") is None and loads == []  # counted without loading
+    assert len(datasets.load("ramp_t", "", "test", params={"rows": 3})) == 3 and loads == ["test"]
+    assert datasets.check_params("ramp_t", {"rows": 0}) == ("data.params.rows", "must be >= 1, got 0")
+    assert datasets.check_params("ramp_t", {"cols": 2}) == (
+        "data.params.cols", "data set 'ramp_t' has no parameter 'cols'; accepted: rows=5")
+
+
+def test_a_data_set_name_is_taken_once_and_the_message_names_both_origins(scratch):
+    with pytest.raises(registry.RegistryError,
+                       match="dataset 'mnist' is registered twice: by mpisim and by my_data.py"):
+        with registry.origin("my_data.py"):
+            register.dataset("mnist", kind="classification")(lambda root, split, params, seed: None)
+    assert registry.datasets["mnist"].default_root is None  # the built-in is untouched
+    with pytest.raises(registry.RegistryError, match="data set 'odd_t': kind must be one of classification, "
+                                                     "regression, got 'images'"):
+        register.dataset("odd_t", kind="images")(lambda root, split, params, seed: None)
+    assert "odd_t" not in registry.datasets

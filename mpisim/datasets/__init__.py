@@ -1,7 +1,9 @@
 """Data sets, partitions across agents, and per-agent batch sampling.
 
 Data sets are looked up by name (``data.name`` in the config) in
-:data:`REGISTRY`; each entry says which ``data.params`` it accepts:
+:data:`mpisim.registry.datasets` (:data:`REGISTRY` here), where the built-ins
+below and a plugin's (``mpisim.register.dataset``) are alike: a :class:`Spec`
+each, saying which ``data.params`` it accepts.
 
 - ``mnist-small``: the built-in default, 6,000 training and 2,000 test digits
   drawn from MNIST, shipped inside the package in the original IDX format
@@ -18,7 +20,8 @@ Data sets are looked up by name (``data.name`` in the config) in
 ``python -m mpisim.datasets.fetch NAME DIR`` downloads the original files and
 checks their published checksums. Images stay uint8 in memory until a batch
 or a shard is prepared for the model (:mod:`.base`); partitions across agents
-are :func:`mpisim.datasets.partition.partition`, the per-agent batch sampler
+are :func:`mpisim.datasets.partition.partition` (``data.partition``, in
+:data:`mpisim.registry.partitions`), the per-agent batch sampler
 :class:`mpisim.datasets.sampler.Sampler`.
 """
 
@@ -32,6 +35,8 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+
+from .. import registry
 
 # ``partition`` and ``sampler`` stay the modules (``datasets.partition.partition(...)``,
 # ``datasets.sampler.Sampler``): binding the function ``partition`` here would hide its module.
@@ -50,10 +55,12 @@ SPLITS = ("train", "test")
 _MNIST_STATS = ((0.1307,), (0.3081,))
 _FASHION_STATS = ((0.2860,), (0.3530,))
 
+KINDS = ("classification", "regression")
+
 
 @dataclass(frozen=True)
 class Spec:
-    """One entry of :data:`REGISTRY`: what a data set is and how to read it.
+    """One data set of :data:`REGISTRY`: what it is and how to read it.
 
     - ``name``: the ``data.name`` that selects it; ``kind``:
       ``"classification"`` or ``"regression"``; ``description``: one line.
@@ -67,7 +74,9 @@ class Spec:
       ``num_samples(root, split, params, seed) -> int`` (cheap where it can
       be) and ``labels(root, split, params, seed) -> ndarray | None``;
       ``root`` is the resolved directory (None when ``needs_root`` is
-      False), ``params`` the defaults updated with the user's.
+      False), ``params`` the defaults updated with the user's. Without
+      ``num_samples`` or ``labels``, the split is loaded and counted, or
+      its targets taken (None for regression).
     - ``check(params) -> (key, message) | None``: the value checks of its
       parameters (None when it has none).
     """
@@ -76,12 +85,41 @@ class Spec:
     kind: str
     description: str
     load: Callable[[Path | None, str, Mapping[str, Any], int], Dataset]
-    num_samples: Callable[[Path | None, str, Mapping[str, Any], int], int]
-    labels: Callable[[Path | None, str, Mapping[str, Any], int], np.ndarray | None]
+    num_samples: Callable[[Path | None, str, Mapping[str, Any], int], int] | None = None
+    labels: Callable[[Path | None, str, Mapping[str, Any], int], np.ndarray | None] | None = None
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     needs_root: bool = True
     default_root: Path | None = None
     check: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise registry.RegistryError(f"data set {self.name!r}: kind must be one of {', '.join(KINDS)}, "
+                                         f"got {self.kind!r}")
+        # Frozen all the way down: a registry entry is shared by every run.
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        if self.num_samples is None:
+            object.__setattr__(self, "num_samples", lambda root, split, params, seed:
+                               len(self.load(root, split, params, seed)))
+        if self.labels is None:
+            object.__setattr__(self, "labels", lambda root, split, params, seed:
+                               self.load(root, split, params, seed).targets
+                               if self.kind == "classification" else None)
+
+
+def add(spec: Spec, *, reference: str = "", origin: str | None = None) -> Spec:
+    """Register data set ``spec`` (:data:`mpisim.registry.datasets`; ``mpisim.register.dataset``
+    calls this too) and return it."""
+    registry.datasets.add(registry.Entry(
+        kind="dataset", name=spec.name, obj=spec, params=dict(spec.params), check=spec.check,
+        description=spec.description, reference=reference,
+        properties={"kind": spec.kind, "needs_root": spec.needs_root, "default_root": spec.default_root},
+        origin=origin or registry.current_origin(spec.load)))
+    return spec
+
+
+#: config name -> :class:`Spec` (:data:`mpisim.registry.datasets`: built-ins and plugins alike)
+REGISTRY = registry.datasets
 
 
 def _idx_spec(name: str, description: str, stats, default_root: Path | None) -> Spec:
@@ -94,27 +132,33 @@ def _idx_spec(name: str, description: str, stats, default_root: Path | None) -> 
         default_root=default_root)
 
 
-REGISTRY: dict[str, Spec] = {
-    spec.name: spec for spec in (
-        _idx_spec("mnist", "MNIST handwritten digits, 60,000 + 10,000 28x28 grey images, IDX files",
-                  _MNIST_STATS, None),
-        _idx_spec("mnist-small", "built-in seeded subset of MNIST, 6,000 + 2,000 digits, no download",
-                  _MNIST_STATS, BUILTIN_DIR / "mnist-small"),
-        _idx_spec("fashion-mnist", "Fashion-MNIST (Zalando), 60,000 + 10,000 28x28 grey images, IDX files",
-                  _FASHION_STATS, Path("/usr/share/datasets/fashion-mnist")),
-        Spec(name="cifar10", kind="classification",
-             description="CIFAR-10, 50,000 + 10,000 32x32 colour images, original python batches",
-             load=lambda root, split, params, seed: cifar.load(root, split),
-             num_samples=lambda root, split, params, seed: cifar.num_samples(root, split),
-             labels=lambda root, split, params, seed: cifar.labels(root, split)),
-        Spec(name="synthetic_regression", kind="regression",
-             description="least squares b = A w* (+ noise), A and w* standard normal (Ghosh et al. Sec. 7)",
-             load=lambda root, split, params, seed: synthetic.load(split, params, seed),
-             num_samples=lambda root, split, params, seed: synthetic.num_samples(split, params),
-             labels=lambda root, split, params, seed: None,
-             params=MappingProxyType(synthetic.PARAMS), needs_root=False, check=synthetic.check),
-    )
-}
+for _builtin, _reference in (
+        (_idx_spec("mnist", "MNIST handwritten digits, 60,000 + 10,000 28x28 grey images, IDX files",
+                   _MNIST_STATS, None),
+         "LeCun, Bottou, Bengio, Haffner, Gradient-Based Learning Applied to Document Recognition, 1998"),
+        (_idx_spec("mnist-small", "built-in seeded subset of MNIST, 6,000 + 2,000 digits, no download",
+                   _MNIST_STATS, BUILTIN_DIR / "mnist-small"),
+         "a subset of MNIST (mpisim/datasets/mnist-small/README.md)"),
+        (_idx_spec("fashion-mnist", "Fashion-MNIST (Zalando), 60,000 + 10,000 28x28 grey images, IDX files",
+                   _FASHION_STATS, Path("/usr/share/datasets/fashion-mnist")),
+         "Xiao, Rasul, Vollgraf, Fashion-MNIST, arXiv:1708.07747, 2017"),
+        (Spec(name="cifar10", kind="classification",
+              description="CIFAR-10, 50,000 + 10,000 32x32 colour images, original python batches",
+              load=lambda root, split, params, seed: cifar.load(root, split),
+              num_samples=lambda root, split, params, seed: cifar.num_samples(root, split),
+              labels=lambda root, split, params, seed: cifar.labels(root, split)),
+         "Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009"),
+        (Spec(name="synthetic_regression", kind="regression",
+              description="least squares b = A w* (+ noise), A and w* standard normal (Ghosh et al. Sec. 7)",
+              load=lambda root, split, params, seed: synthetic.load(split, params, seed),
+              num_samples=lambda root, split, params, seed: synthetic.num_samples(split, params),
+              labels=lambda root, split, params, seed: None,
+              params=synthetic.PARAMS, needs_root=False, check=synthetic.check),
+         "Ghosh, Maity, Kadhe, Mazumdar, Ramchandran, Communication-Efficient and Byzantine-Robust "
+         "Distributed Learning with Error Feedback, Section 7"),
+):
+    add(_builtin, reference=_reference, origin="mpisim")
+
 
 def _spec(name: str) -> Spec:
     try:
@@ -186,7 +230,12 @@ def load(name: str, root: str | os.PathLike, split: str, *, params: Mapping[str,
     """
     spec = _spec(name)
     resolved = _resolved(spec, params)
-    return spec.load(_root(spec, root), _split(split), resolved, seed)
+    data = spec.load(_root(spec, root), _split(split), resolved, seed)
+    # A plugin's loader is held to its registration like a built-in's.
+    if not isinstance(data, Dataset) or data.kind != spec.kind:
+        got = f"a {data.kind} Dataset" if isinstance(data, Dataset) else type(data).__name__
+        raise DataError(f"data set {name!r} is registered as {spec.kind} but its load returned {got}")
+    return data
 
 
 def num_samples(name: str, root: str | os.PathLike, split: str, *,
@@ -215,8 +264,8 @@ def idx_files(name: str, root: str | os.PathLike, split: str) -> tuple[Path, Pat
 
 
 __all__ = [
-    "BUILTIN_DIR", "DataError", "Dataset", "PARTITIONS", "Partition",
-    "REGISTRY", "SPLITS", "Sampler", "Spec", "check_params", "idx_files", "idx_shape",
+    "BUILTIN_DIR", "DataError", "Dataset", "KINDS", "PARTITIONS", "Partition",
+    "REGISTRY", "add", "SPLITS", "Sampler", "Spec", "check_params", "idx_files", "idx_shape",
     "labels", "load", "normalize", "num_samples", "partition", "prepare_inputs",
     "read_idx", "resolve_root", "sampler",
 ]
