@@ -85,10 +85,10 @@ def compute_bound(args, rounds: int) -> dict:
     import torch
 
     from mpisim import config
-    from mpisim.protocols import driver
+    from mpisim.protocols import driver, server_config
 
     torch.set_num_threads(1)
-    cfg, _ = config.parse_args(config.ServerModeConfig, job_args(args, args.n, rounds), prog="bound",
+    cfg, _ = config.parse_args(server_config.ServerModeConfig, job_args(args, args.n, rounds), prog="bound",
                                description="")
     problem = driver.load_problem(cfg, num_shards=args.n, train=True, test=False)
     samplers = [problem.sampler(i, cfg) for i in range(args.n)]

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from mpisim import metrics  # noqa: E402
 from mpisim.mpi import launcher  # noqa: E402
+from mpisim.protocols import decentralized_config, one_round_config, server_config  # noqa: E402
 
 # The exit status of a job that saved a checkpoint and stopped (EX_TEMPFAIL):
 # launch/slurm/ requeues it, and the next attempt resumes.
@@ -107,9 +108,9 @@ def check_jobs(cells: dict[str, list[str]], *, nprocs: int, module: str = "mpisi
     from mpisim import config
 
     cls, validate = {
-        "mpisim.server_mode": (config.ServerModeConfig, config.validate_server_mode),
-        "mpisim.decentralized": (config.DecentralizedConfig, config.validate_decentralized),
-        "mpisim.one_round": (config.OneRoundConfig, config.validate_one_round),
+        "mpisim.server_mode": (server_config.ServerModeConfig, server_config.validate_server_mode),
+        "mpisim.decentralized": (decentralized_config.DecentralizedConfig, decentralized_config.validate_decentralized),
+        "mpisim.one_round": (one_round_config.OneRoundConfig, one_round_config.validate_one_round),
     }[module]
     for key, args in cells.items():
         try:

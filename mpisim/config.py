@@ -51,7 +51,7 @@ def _frozen_map(value: Mapping | None = None) -> Mapping:
     return types.MappingProxyType(dict(value or {}))
 
 
-def _opt(default, help_text: str, **kwargs):
+def option(default, help_text: str, **kwargs):
     """A dataclass field with its help text (shown by --help)."""
     if isinstance(default, (dict, types.MappingProxyType)):
         return field(default_factory=lambda: _frozen_map(default), metadata={"help": help_text}, **kwargs)
@@ -65,29 +65,29 @@ def _opt(default, help_text: str, **kwargs):
 class RunConfig:
     """[run]: the run as a whole: its seed, length, evaluation schedule and results."""
 
-    seed: int = _opt(0, "seed of every random stream of the run (same seed, same results)")
-    rounds: int = _opt(300, "number of rounds (iterations of the decentralized mode)")
-    eval_every: int = _opt(25, "evaluate on the test set every this many rounds (and at the last one)")
-    out_dir: str = _opt("results", "parent directory of the run directories (created if missing)")
-    name: str = _opt("", "run directory name under out_dir, one path component, not in use yet "
+    seed: int = option(0, "seed of every random stream of the run (same seed, same results)")
+    rounds: int = option(300, "number of rounds (iterations of the decentralized mode)")
+    eval_every: int = option(25, "evaluate on the test set every this many rounds (and at the last one)")
+    out_dir: str = option("results", "parent directory of the run directories (created if missing)")
+    name: str = option("", "run directory name under out_dir, one path component, not in use yet "
                          "(default: made from the config and the time, with -2, -3... if taken)")
-    progress: bool = _opt(True, "progress bar on rank 0 (only when stderr is a terminal)")
-    save_model: bool = _opt(False, "write the final model(s) as flat float32 rows (the wire layout): "
+    progress: bool = option(True, "progress bar on rank 0 (only when stderr is a terminal)")
+    save_model: bool = option(False, "write the final model(s) as flat float32 rows (the wire layout): "
                                    "model.npy (server mode) or models.npy (decentralized: every node's, "
                                    "rows in node order)")
-    checkpoint_every: int = _opt(0, "write a checkpoint of the whole run every this many rounds and at "
+    checkpoint_every: int = option(0, "write a checkpoint of the whole run every this many rounds and at "
                                     "the last (0: only when SIGTERM or SIGUSR1 arrives)")
-    plugins: tuple[str, ...] = _opt((), "plugins imported on every rank before the configuration is checked: "
+    plugins: tuple[str, ...] = option((), "plugins imported on every rank before the configuration is checked: "
                                         ".py files or module names, e.g. --run.plugins my_defence.py,mypkg.attacks")
-    plugin_sha256: Mapping[str, Any] = _opt({}, "recorded by the run, not set by you: each plugin's file and its "
+    plugin_sha256: Mapping[str, Any] = option({}, "recorded by the run, not set by you: each plugin's file and its "
                                                 "SHA-256 when the run started (a resume refuses a changed one)")
-    checkpoint_keep: int = _opt(2, "checkpoints kept in the run directory (the newest ones); more than one "
+    checkpoint_keep: int = option(2, "checkpoints kept in the run directory (the newest ones); more than one "
                                    "leaves an older one for --run.resume_fallback if the newest is damaged")
-    resume: str = _opt("", "a run directory to go on with from its newest checkpoint, into the same "
+    resume: str = option("", "a run directory to go on with from its newest checkpoint, into the same "
                            "directory; its config.toml is the base, and only run.rounds (which may "
                            "grow), run.checkpoint_every, run.checkpoint_keep, run.resume_fallback and "
                            "run.progress may differ")
-    resume_fallback: bool = _opt(False, "when the newest checkpoint fails its checks, go on from the newest "
+    resume_fallback: bool = option(False, "when the newest checkpoint fails its checks, go on from the newest "
                                         "intact one (the damaged ones are set aside, not deleted); without "
                                         "it such a resume stops with exit code 2")
 
@@ -96,23 +96,23 @@ class RunConfig:
 class DataConfig:
     """[data]: the data set, its split across agents or nodes, and the batches."""
 
-    name: str = _opt("mnist-small", "data set: mnist-small (built in), mnist, fashion-mnist, cifar10, "
+    name: str = option("mnist-small", "data set: mnist-small (built in), mnist, fashion-mnist, cifar10, "
                                     "synthetic_regression (see the README)")
-    root: str = _opt("", "directory holding the data set's files (mnist-small and "
+    root: str = option("", "directory holding the data set's files (mnist-small and "
                          "synthetic_regression need none)")
-    params: Mapping[str, Any] = _opt({}, "the data set's own parameters, e.g. "
+    params: Mapping[str, Any] = option({}, "the data set's own parameters, e.g. "
                                          "--data.params.samples 4000 for synthetic_regression")
-    batch_size: int = _opt(16, "samples per agent or node and round, drawn with replacement (k of the "
+    batch_size: int = option(16, "samples per agent or node and round, drawn with replacement (k of the "
                                "CGE paper's eq 8); 0: the whole local shard (full local gradient)")
-    batch_fraction: float = _opt(0.0, "instead of batch_size: this fraction of the local shard, in (0, 1], "
+    batch_fraction: float = option(0.0, "instead of batch_size: this fraction of the local shard, in (0, 1], "
                                       "drawn afresh without replacement every round (Yin et al. Section 7: "
                                       "0.1); 0: use batch_size")
-    train_size: int = _opt(0, "use a seeded random subset of this many training samples (0: all)")
-    test_size: int = _opt(0, "evaluate on the first this many test samples (0: all)")
-    partition: str = _opt("iid", "split of the training set across agents or nodes: iid, dirichlet "
+    train_size: int = option(0, "use a seeded random subset of this many training samples (0: all)")
+    test_size: int = option(0, "evaluate on the first this many test samples (0: all)")
+    partition: str = option("iid", "split of the training set across agents or nodes: iid, dirichlet "
                                  "(per-class proportions ~ Dirichlet(alpha)), label_shards (sort by "
                                  "label, deal shards), or a plugin's")
-    partition_params: Mapping[str, Any] = _opt({}, "the partition's own parameters, e.g. "
+    partition_params: Mapping[str, Any] = option({}, "the partition's own parameters, e.g. "
                                                    "--data.partition_params.alpha 0.1 (dirichlet, default 0.5: "
                                                    "large near iid, small skewed), "
                                                    "--data.partition_params.shards_per_agent 3 (label_shards, "
@@ -123,25 +123,25 @@ class DataConfig:
 class ModelConfig:
     """[model]: what is trained, and from where it starts."""
 
-    name: str = _opt("lenet", "model: lenet, linear (one-vs-all squared hinge), cnn, logreg, mlp, "
+    name: str = option("lenet", "model: lenet, linear (one-vs-all squared hinge), cnn, logreg, mlp, "
                               "least_squares (see the README)")
-    init: str = _opt("default", "initial parameters: default (PyTorch's per-layer init) or zero")
-    params: Mapping[str, Any] = _opt({}, "the model's own parameters, e.g. --model.params.hidden 1000 (mlp)")
+    init: str = option("default", "initial parameters: default (PyTorch's per-layer init) or zero")
+    params: Mapping[str, Any] = option({}, "the model's own parameters, e.g. --model.params.hidden 1000 (mlp)")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """[optim]: the step size eta_t of every update (mpisim.learning.schedules)."""
 
-    lr: float = _opt(0.01, "step size eta (at round 0 for a decaying schedule); server mode: "
+    lr: float = option(0.01, "step size eta (at round 0 for a decaying schedule); server mode: "
                            "w <- w - eta_t * filtered (CGE sums n-f gradients, eq 7: 0.01 there is "
                            "about 0.1 on the mean scale); decentralized: the local step")
-    schedule: str = _opt("constant", "constant (eta_t = lr), inverse (lr / (1 + t / t0)), "
+    schedule: str = option("constant", "constant (eta_t = lr), inverse (lr / (1 + t / t0)), "
                                      "power (lr (t + 1)^-p)")
-    t0: float = _opt(500.0, "t0 of the inverse schedule (BRIDGE's 1/(lambda (t0 + t)) is inverse "
+    t0: float = option(500.0, "t0 of the inverse schedule (BRIDGE's 1/(lambda (t0 + t)) is inverse "
                             "with lr = 1/(lambda t0))")
-    power: float = _opt(1.0, "p of the power schedule, in (1/2, 1] (BRSGD paper, Corollary 4.1)")
-    project_radius: float = _opt(math.inf, "after every step, project the model onto the l2 ball of this "
+    power: float = option(1.0, "p of the power schedule, in (1/2, 1] (BRSGD paper, Corollary 4.1)")
+    project_radius: float = option(math.inf, "after every step, project the model onto the l2 ball of this "
                                            "radius around 0 (Yin et al.'s W); inf: no projection")
 
 
@@ -149,8 +149,8 @@ class OptimConfig:
 class HostsConfig:
     """[agents] or [nodes]: how many learners there are and how many each rank hosts."""
 
-    n: int = _opt(10, "number of agents (workers) or graph nodes")
-    per_rank: int = _opt(1, "agents or nodes hosted by each rank; the job needs ceil(n / per_rank) "
+    n: int = option(10, "number of agents (workers) or graph nodes")
+    per_rank: int = option(1, "agents or nodes hosted by each rank; the job needs ceil(n / per_rank) "
                             "ranks, plus 1 for the server in server mode")
 
 
@@ -159,13 +159,13 @@ class AggregatorConfig:
     """[aggregator]: the server's robust rule, what comes before it (pre-aggregation,
     gradient averaging), and the number of faulty agents it is set to tolerate."""
 
-    name: str = _opt("cge", "gradient filter (see the README's table of rules)")
-    f: int = _opt(1, "number of faulty agents the filter is set to tolerate")
-    params: Mapping[str, Any] = _opt({}, "the filter's own parameters, e.g. --aggregator.params.m 2")
-    pre: tuple[str, ...] = _opt((), "pre-aggregation steps applied in order before the filter, e.g. nnm")
-    pre_params: Mapping[str, Any] = _opt({}, "parameters of the pre-aggregation steps, one table per "
+    name: str = option("cge", "gradient filter (see the README's table of rules)")
+    f: int = option(1, "number of faulty agents the filter is set to tolerate")
+    params: Mapping[str, Any] = option({}, "the filter's own parameters, e.g. --aggregator.params.m 2")
+    pre: tuple[str, ...] = option((), "pre-aggregation steps applied in order before the filter, e.g. nnm")
+    pre_params: Mapping[str, Any] = option({}, "parameters of the pre-aggregation steps, one table per "
                                              "step, e.g. --aggregator.pre_params.bucketing.s 3")
-    averaging: float = _opt(0.0, "alpha of gradient averaging h_i = alpha h_i + (1 - alpha) g_i "
+    averaging: float = option(0.0, "alpha of gradient averaging h_i = alpha h_i + (1 - alpha) g_i "
                                  "(CGE paper eq 25); 0 disables it")
 
 
@@ -173,39 +173,10 @@ class AggregatorConfig:
 class ByzantineConfig:
     """[byzantine]: which agents are faulty and what they send."""
 
-    fault: str = _opt("gradient_reverse", "fault type of the faulty agents, or none")
-    count: int = _opt(1, "number of faulty agents (ignored when fault is none)")
-    ids: tuple[int, ...] = _opt((), "ids (0-based) of the faulty agents; default: drawn from the seed")
-    params: Mapping[str, Any] = _opt({}, "the fault's own parameters, e.g. --byzantine.params.std 200")
-
-
-@dataclass(frozen=True)
-class CompressionConfig:
-    """[compression]: what the agents' uplink carries (Ghosh et al.; mpisim.compression)."""
-
-    codec: str = _opt("none", "compressor Q of every agent's message: none (float32, as without "
-                              "compression), sign, scaled_sign, topk, qsgd (see the README)")
-    params: Mapping[str, Any] = _opt({}, "the codec's own parameters, e.g. --compression.params.k 100 "
-                                         "(topk; or ratio), --compression.params.s 4 (qsgd)")
-    side_norm: int = _opt(0, "q = 1 or 2: every agent sends ||g||_q beside Q(g) (4 bytes) and "
-                             "norm_threshold sorts on these sent norms (Algorithm 1); 0: no side "
-                             "norm, norm_threshold sorts on the decoded vectors' norms (Algorithm 2)")
-    error_feedback: bool = _opt(False, "Algorithm 3: agent i sends Q(p_i), p_i = eta_t g_i + e_i, keeps "
-                                       "e_i <- p_i - Q(p_i); the server steps by the rule's output "
-                                       "without a further step size")
-    faulty_norm: float = _opt(1.0, "faulty agents multiply the norm they send (the side norm, or the "
-                                   "codec's own norm field: scaled_sign, qsgd) by this; 1: truthful")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """[server]: how many ranks the parameter server takes."""
-
-    ranks: int = _opt(1, "ranks of the parameter server (ranks 0..S-1), each owning a contiguous slice of "
-                         "d / S coordinates of the model and of every agent's message; the agents start "
-                         "at rank S")
-    threads: int = _opt(2, "threads of each server rank's coordinate-wise filter, over chunks of columns "
-                           "(the agents wait while it runs); every count gives the same model")
+    fault: str = option("gradient_reverse", "fault type of the faulty agents, or none")
+    count: int = option(1, "number of faulty agents (ignored when fault is none)")
+    ids: tuple[int, ...] = option((), "ids (0-based) of the faulty agents; default: drawn from the seed")
+    params: Mapping[str, Any] = option({}, "the fault's own parameters, e.g. --byzantine.params.std 200")
 
 
 @dataclass(frozen=True)
@@ -217,131 +188,9 @@ class RunSections:
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
-@dataclass(frozen=True)
-class ServerModeConfig(RunSections):
-    """Configuration of ``python -m mpisim.server_mode``."""
-
-    agents: HostsConfig = field(default_factory=HostsConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
-    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
-    compression: CompressionConfig = field(default_factory=CompressionConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
-
-
-@dataclass(frozen=True)
-class ErmConfig:
-    """[erm]: how each worker computes its local empirical risk minimiser (one_round)."""
-
-    method: str = _opt("auto", "auto: the exact solution for least_squares (a linear solve), L-BFGS "
-                               "otherwise; lbfgs: L-BFGS for every model")
-    tol: float = _opt(1e-5, "L-BFGS stops once the l2 norm of the local objective's gradient is below this")
-    max_iter: int = _opt(1000, "L-BFGS stops after this many iterations even if tol is not reached")
-    l2: float = _opt(0.0, "weight of (l2 / 2) ||w||^2 added to every local objective")
-
-
-def _one_round_run() -> RunConfig:
-    return RunConfig(rounds=1, eval_every=1)
-
-
-def _one_round_model() -> ModelConfig:
-    return ModelConfig(name="logreg", init="zero")
-
-
-def _one_round_byzantine() -> ByzantineConfig:
-    return ByzantineConfig(fault="random_labels")
-
-
-@dataclass(frozen=True)
-class OneRoundConfig(RunSections):
-    """Configuration of ``python -m mpisim.one_round``."""
-
-    run: RunConfig = field(default_factory=_one_round_run)
-    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=0))
-    model: ModelConfig = field(default_factory=_one_round_model)
-    agents: HostsConfig = field(default_factory=HostsConfig)
-    erm: ErmConfig = field(default_factory=ErmConfig)
-    aggregator: AggregatorConfig = field(default_factory=lambda: AggregatorConfig(name="median"))
-    byzantine: ByzantineConfig = field(default_factory=_one_round_byzantine)
-
-
-@dataclass(frozen=True)
-class GraphConfig:
-    """[graph]: the Erdős–Rényi graph and how hard it is checked (BRIDGE, Assumption 4)."""
-
-    p: float = _opt(0.5, "Erdős–Rényi edge probability")
-    redraw: int = _opt(0, "draw again up to this many times when a graph fails the check (0: fail)")
-    max_reduced_graphs: int = _opt(200_000, "check Assumption 4 on every reduced graph when there are "
-                                            "at most this many")
-    samples: int = _opt(2_000, "otherwise check this many random reduced graphs (0: skip)")
-
-
-@dataclass(frozen=True)
-class ScreeningConfig:
-    """[screening]: how a node combines its neighbours' models (BRIDGE, eq 7 and variants)."""
-
-    name: str = _opt("bridge_t", "bridge_t (trimmed mean, eq 7), bridge_m, bridge_k, bridge_b, "
-                                 "dgd (plain average, eq 3), local (no exchange)")
-    b: int = _opt(2, "number of Byzantine neighbours screened out per side (BRIDGE's b)")
-
-
-@dataclass(frozen=True)
-class LocalConfig:
-    """[local]: each node's local update and its order with the exchange."""
-
-    method: str = _opt("gd", "local update: gd (w <- screened - eta_t grad, eta_t from [optim]) "
-                             "or adam (BRIDGE Section 5.2, learning rate eta_t from [optim])")
-    l2: float = _opt(0.0, "weight of (l2 / 2) ||w||^2 added to every node's loss (strong convexity)")
-    order: str = _opt("screen_then_step", "screen_then_step: screen w(t) and subtract eta_t grad f(w(t)) "
-                                          "(eq 7); step_then_screen: local step, then exchange and "
-                                          "screen (Section 5.2)")
-
-
-@dataclass(frozen=True)
-class NodeByzantineConfig(ByzantineConfig):
-    """[byzantine] of the decentralized mode: Byzantine nodes, and whether they are two-faced."""
-
-    fault: str = _opt("random", "what Byzantine nodes broadcast: init_random (a fresh draw from the "
-                                "model's initialization), a message fault of the rule library "
-                                "(random, sign_flip, gaussian, nan, inf, huge, ...), or none")
-    count: int = _opt(2, "number of Byzantine nodes (ignored when fault is none)")
-    ids: tuple[int, ...] = _opt((), "ids (0-based) of the Byzantine nodes; default: drawn from the seed")
-    two_faced: bool = _opt(False, "send a different vector to each neighbour")
-
-
-def _decentralized_data() -> DataConfig:
-    return DataConfig(batch_size=0)
-
-
-def _decentralized_model() -> ModelConfig:
-    return ModelConfig(name="linear", init="zero")
-
-
-def _decentralized_optim() -> OptimConfig:
-    # BRIDGE's rho(t) = 1 / (lambda (t0 + t)) with lambda = 1, t0 = 500.
-    return OptimConfig(lr=0.002, schedule="inverse", t0=500.0)
-
-
-@dataclass(frozen=True)
-class DecentralizedConfig(RunSections):
-    """Configuration of ``python -m mpisim.decentralized``."""
-
-    data: DataConfig = field(default_factory=_decentralized_data)
-    model: ModelConfig = field(default_factory=_decentralized_model)
-    optim: OptimConfig = field(default_factory=_decentralized_optim)
-    nodes: HostsConfig = field(default_factory=lambda: HostsConfig(n=20))
-    graph: GraphConfig = field(default_factory=GraphConfig)
-    screening: ScreeningConfig = field(default_factory=ScreeningConfig)
-    local: LocalConfig = field(default_factory=LocalConfig)
-    byzantine: NodeByzantineConfig = field(default_factory=NodeByzantineConfig)
-
-
-# Fields that moved, with where they went: a user's old command line gets told.
+# Fields that moved, with where they went: a user's old command line gets told. A mode's
+# configuration class adds its own (``moved``, a class attribute).
 MOVED = {
-    "local.lam": "the step size is [optim]: BRIDGE's rho(t) = 1/(lam (t0 + t)) is --optim.schedule "
-                 "inverse --optim.lr 1/(lam t0) --optim.t0 t0 (the default: lam = 1, t0 = 500)",
-    "local.t0": "it is --optim.t0 (with --optim.schedule inverse, the default here)",
-    "local.lr": "Adam's learning rate is --optim.lr (with --optim.schedule constant for a fixed one)",
     "data.alpha": "dirichlet's concentration is --data.partition_params.alpha (default 0.5)",
     "data.shards_per_agent": "label_shards' count is --data.partition_params.shards_per_agent (default 2)",
 }
@@ -425,8 +274,9 @@ def _section_fields(cls, section: str, names) -> dict[str, tuple[Any, dataclasse
     fields = _fields(sections[section])
     for name in sorted(set(names) - set(fields)):
         key = f"{section}.{name}"
-        if key in MOVED:
-            raise ConfigError(key, f"no longer a field: {MOVED[key]}")
+        moved = {**MOVED, **getattr(cls, "moved", {})}
+        if key in moved:
+            raise ConfigError(key, f"no longer a field: {moved[key]}")
         raise ConfigError(key, f"unknown field; fields of [{section}]: {', '.join(fields)}")
     return fields
 
@@ -606,7 +456,7 @@ def require(condition: bool, field_name: str, message: str) -> None:
         raise ConfigError(field_name, message)
 
 
-def _raise(problem: tuple[str, str] | None) -> None:
+def raise_problem(problem: tuple[str, str] | None) -> None:
     """Raise the (field, message) a library check returned, if any."""
     if problem:
         raise ConfigError(*problem)
@@ -719,7 +569,7 @@ def resume_differences(saved, cfg) -> list[str]:
 def validate_optim(optim: OptimConfig) -> None:
     from .learning import schedules
 
-    _raise(schedules.check(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power))
+    raise_problem(schedules.check(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power))
     require(optim.project_radius > 0, "optim.project_radius",
             f"the radius of W must be positive (inf: no projection), got {optim.project_radius}")
 
@@ -739,12 +589,12 @@ def validate_problem(cfg, *, num_shards: int) -> int:
     data_cfg, model_cfg = cfg.data, cfg.model
     require(data_cfg.name in datasets.REGISTRY, "data.name",
             f"unknown data set {data_cfg.name!r}; known: {', '.join(datasets.REGISTRY)}")
-    _raise(datasets.check_params(data_cfg.name, dict(data_cfg.params)))
+    raise_problem(datasets.check_params(data_cfg.name, dict(data_cfg.params)))
     require(model_cfg.name in models.MODELS, "model.name",
             f"unknown model {model_cfg.name!r}; known: {', '.join(models.MODELS)}")
     require(model_cfg.init in models.INITS, "model.init",
             f"must be one of {', '.join(models.INITS)}, got {model_cfg.init!r}")
-    _raise(models.check_params(model_cfg.name, dict(model_cfg.params)))
+    raise_problem(models.check_params(model_cfg.name, dict(model_cfg.params)))
     spec, model_kind = datasets.REGISTRY[data_cfg.name], models.MODELS[model_cfg.name].kind
     require(spec.kind == model_kind, "model.name",
             f"{model_cfg.name} is a {model_kind} model but {data_cfg.name} is a {spec.kind} data set")
@@ -752,7 +602,7 @@ def validate_problem(cfg, *, num_shards: int) -> int:
             f"must be >= 0 (0: the whole local shard), got {data_cfg.batch_size}")
     require(data_cfg.batch_fraction == 0 or 0 < data_cfg.batch_fraction <= 1, "data.batch_fraction",
             f"must be in (0, 1] (or 0 to use data.batch_size), got {data_cfg.batch_fraction}")
-    _raise(partition.check_params(data_cfg.partition, dict(data_cfg.partition_params)))
+    raise_problem(partition.check_params(data_cfg.partition, dict(data_cfg.partition_params)))
     needs_labels = partition.PARTITIONS.entry(data_cfg.partition).properties["needs_labels"]
     label_free = ", ".join(e.name for e in partition.PARTITIONS.entries() if not e.properties["needs_labels"])
     require(spec.kind == "classification" or not needs_labels, "data.partition",
@@ -792,7 +642,7 @@ def make_partition(cfg, num_shards: int, *, labels, num_samples: int):
                                min_size=1 if data_cfg.batch_fraction else max(1, data_cfg.batch_size))
 
 
-def _validate_run_of(cfg, world_size: int | None, *, section: str, servers: int, least: int) -> None:
+def validate_run_of(cfg, world_size: int | None, *, section: str, servers: int, least: int) -> None:
     """What every protocol checks: the run, the agents' or nodes' count and placement on
     ``servers`` + ceil(n / per_rank) ranks, the step sizes, and the learning problem."""
     validate_run(cfg.run)
@@ -812,14 +662,14 @@ def _validate_run_of(cfg, world_size: int | None, *, section: str, servers: int,
     validate_problem(cfg, num_shards=n)
 
 
-def _data_kind(cfg) -> str:
+def data_kind(cfg) -> str:
     """classification or regression (the data set is known to exist by now)."""
     from . import datasets
 
     return datasets.REGISTRY[cfg.data.name].kind
 
 
-def _validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequence[str], data_kind: str,
+def validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequence[str], data_kind: str,
                         extra_faults: Sequence[str] = (), why_not: str = "") -> None:
     """The faulty agents or nodes: a known fault, a count leaving one honest, valid ids and params."""
     from .rules import attacks
@@ -848,131 +698,7 @@ def _validate_byzantine(byz: ByzantineConfig, n: int, *, noun: str, usable: Sequ
         require(not byz.params, "byzantine.params", f"{byz.fault} takes no parameters")
 
 
-def validate_server_mode(cfg: ServerModeConfig, world_size: int | None) -> None:
-    """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (None: skip the rank count)."""
-    _validate_server_and_agents(cfg, world_size)
-    _validate_compression(cfg)
-    _validate_sharding(cfg)
-
-
-def server_ranks(cfg) -> int:
-    """S, the parameter server's ranks (1 for the one-round algorithm, which has no [server])."""
-    server = getattr(cfg, "server", None)
-    return 1 if server is None else server.ranks
-
-
-def _validate_sharding(cfg: ServerModeConfig) -> None:
-    """What a server split into S slices of the coordinates cannot do (yet)."""
-    S = cfg.server.ranks
-    if S == 1:
-        return
-    require(cfg.compression.codec == "none", "server.ranks",
-            f"a compressed uplink ({cfg.compression.codec}) encodes whole vectors, which cannot be cut into "
-            f"the server's {S} slices; use --server.ranks 1 with compression")
-    require(cfg.aggregator.name != "majority_vote", "server.ranks",
-            "majority_vote's downlink is the packed vote of the whole model; use --server.ranks 1")
-    from .rules import aggregators
-
-    problem = aggregators.sharding_problem(cfg.aggregator.name, cfg.aggregator.pre)
-    require(problem is None, "server.ranks", f"{S} server ranks: {problem}")
-    d = _model_size(cfg)
-    require(S <= d, "server.ranks", f"{S} server ranks would leave some without a coordinate: the model has "
-                                    f"d = {d} parameters")
-
-
-def _model_size(cfg) -> int:
-    """d, the model's number of parameters (builds the model on one test sample's shape)."""
-    from . import datasets
-    from .learning import models
-
-    data = datasets.load(cfg.data.name, cfg.data.root, "test", params=dict(cfg.data.params),
-                         seed=cfg.run.seed)
-    kind = models.MODELS[cfg.model.name].kind
-    return models.build(cfg.model.name, input_shape=data.input_shape, seed=0,
-                        num_classes=data.num_classes if kind == "classification" else None,
-                        params=dict(cfg.model.params)).d
-
-
-def _validate_compression(cfg: ServerModeConfig) -> None:
-    """[compression] against the codec registry, the rule and the faults (Ghosh et al.)."""
-    from . import compression
-
-    c, agg = cfg.compression, cfg.aggregator
-    require(c.codec in compression.REGISTRY, "compression.codec",
-            f"unknown codec {c.codec!r}; known: {', '.join(compression.REGISTRY)}")
-    require(c.side_norm in (0, 1, 2), "compression.side_norm",
-            f"must be 0 (no side norm), 1 or 2 (q of the norm sent), got {c.side_norm}")
-    require(math.isfinite(c.faulty_norm) and c.faulty_norm >= 0, "compression.faulty_norm",
-            f"must be a finite number >= 0, got {c.faulty_norm}")
-    if c.codec != "none" or c.params:
-        message = compression.check(c.codec, _model_size(cfg), dict(c.params))
-        if message:
-            named = [k for k in c.params if k in message]
-            raise ConfigError(f"compression.params.{named[0]}" if named else "compression.params", message)
-    codec = compression.REGISTRY[c.codec](**dict(c.params))
-    vote = agg.name == "majority_vote"
-    if c.side_norm:
-        require(agg.name == "norm_threshold", "compression.side_norm",
-                f"only aggregator norm_threshold sorts on the sent norms (Ghosh et al., Algorithm 1); "
-                f"{agg.name} would receive them and ignore them: use --compression.side_norm 0")
-        require(not agg.pre, "compression.side_norm",
-                f"the pre-aggregation steps {list(agg.pre)} mix the rows, after which the sent norms "
-                f"no longer belong to them")
-        require(agg.averaging == 0, "compression.side_norm",
-                "gradient averaging replaces the rows by running averages, whose norms were not sent")
-    if agg.name == "norm_threshold" and not c.side_norm:
-        require(codec.embeds_norm, "compression.codec",
-                f"{c.codec} carries no norm: every decoded vector has the same norm (sqrt(d) for sign), "
-                f"so norm_threshold on the decoded vectors (Ghosh et al., Algorithm 2) cannot tell "
-                f"faulty agents apart; send the norm beside it with --compression.side_norm 2 "
-                f"(Algorithm 1) or use a codec that embeds it (scaled_sign, qsgd, topk)")
-    if vote:
-        require(not c.error_feedback, "compression.error_feedback",
-                "signSGD with majority vote (aggregator majority_vote) steps by eta_t times the vote, "
-                "error feedback by the agents' eta_t-scaled messages: choose one")
-    require(not (c.error_feedback and agg.averaging), "compression.error_feedback",
-            "error feedback and gradient averaging (aggregator.averaging) are two memories of the same "
-            "messages; choose one")
-    if c.faulty_norm != 1.0:
-        require(c.side_norm or codec.norm_field, "compression.faulty_norm",
-                f"the payload of {c.codec} has no norm field to forge (scaled_sign and qsgd have one, "
-                f"and --compression.side_norm adds one)")
-        require(cfg.byzantine.fault != "none" and cfg.byzantine.count > 0, "compression.faulty_norm",
-                "there are no faulty agents to send a forged norm (byzantine.fault or byzantine.count)")
-
-
-def validate_one_round(cfg: OneRoundConfig, world_size: int | None) -> None:
-    """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (None: skip the rank count)."""
-    require(cfg.run.rounds == 1, "run.rounds", f"the one-round algorithm has one round, got {cfg.run.rounds}")
-    erm = cfg.erm
-    require(erm.method in ("auto", "lbfgs"), "erm.method", f"must be auto or lbfgs, got {erm.method!r}")
-    require(math.isfinite(erm.tol) and erm.tol > 0, "erm.tol", f"must be a positive number, got {erm.tol}")
-    require(erm.max_iter >= 1, "erm.max_iter", f"must be >= 1, got {erm.max_iter}")
-    require(math.isfinite(erm.l2) and erm.l2 >= 0, "erm.l2", f"must be >= 0, got {erm.l2}")
-    _validate_server_and_agents(cfg, world_size)
-
-
-def _validate_server_and_agents(cfg, world_size: int | None) -> None:
-    """A server on rank 0 and agents on the other ranks: the server mode and the one-round algorithm."""
-    from .rules import attacks
-
-    n = cfg.agents.n
-    servers = server_ranks(cfg)
-    require(servers >= 1, "server.ranks", f"must be >= 1, got {servers}")
-    threads = getattr(getattr(cfg, "server", None), "threads", 1)
-    require(threads >= 1, "server.threads", f"must be >= 1, got {threads}")
-    _validate_run_of(cfg, world_size, section="agents", servers=servers, least=1)
-
-    agg = cfg.aggregator
-    require(agg.f >= 0, "aggregator.f", f"must be >= 0, got {agg.f}")
-    require(0.0 <= agg.averaging < 1.0, "aggregator.averaging",
-            f"alpha must be in [0, 1), got {agg.averaging}")
-    _validate_aggregator(agg, n)
-    _validate_byzantine(cfg.byzantine, n, noun="agents", usable=tuple(attacks.REGISTRY),
-                        data_kind=_data_kind(cfg))
-
-
-def _validate_aggregator(agg: AggregatorConfig, n: int) -> None:
+def validate_aggregator(agg: AggregatorConfig, n: int) -> None:
     """Name the field at fault: the rule, a pre-aggregation step, a parameter, or f."""
     from .rules import aggregators
 
@@ -1005,46 +731,3 @@ def _validate_aggregator(agg: AggregatorConfig, n: int) -> None:
                                              pre_params=pre_params) is None
         raise ConfigError("aggregator.f" if blame_f else
                           "aggregator.pre_params" if agg.pre_params else "aggregator.params", message)
-
-
-DECENTRALIZED_FAULTS_EXTRA = ("init_random",)  # faults of the decentralized mode itself
-
-
-def validate_decentralized(cfg: DecentralizedConfig, world_size: int | None) -> None:
-    """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (before the graph is drawn)."""
-    from .graphs import topology
-    from .rules import attacks, screening
-
-    n = cfg.nodes.n
-    _validate_run_of(cfg, world_size, section="nodes", servers=0, least=2)
-
-    graph = cfg.graph
-    require(0.0 < graph.p <= 1.0, "graph.p", f"edge probability must be in (0, 1], got {graph.p}")
-    require(graph.redraw >= 0, "graph.redraw", f"must be >= 0, got {graph.redraw}")
-    require(graph.max_reduced_graphs >= 0, "graph.max_reduced_graphs",
-            f"must be >= 0, got {graph.max_reduced_graphs}")
-    require(graph.samples >= 0, "graph.samples", f"must be >= 0, got {graph.samples}")
-
-    scr = cfg.screening
-    require(scr.name in screening.SCREENS, "screening.name",
-            f"unknown screening {scr.name!r}; known: {', '.join(screening.SCREENS)}")
-    require(scr.b >= 0, "screening.b", f"must be >= 0, got {scr.b}")
-    need = topology.required_degree(scr.b if scr.name != "local" else 0,
-                                    min_degree=screening.min_degree(scr.name, scr.b))
-    require(need <= n - 1, "screening.b",
-            f"{screening.describe(scr.name)} with b={scr.b} needs every honest node to have at least "
-            f"{need} neighbours, impossible with n = {n} nodes (at most n - 1 = {n - 1})")
-    require(graph.redraw <= topology.MAX_REDRAW, "graph.redraw",
-            f"must be at most {topology.MAX_REDRAW:,} (each redraw is a new graph to check), "
-            f"got {graph.redraw}")
-
-    local = cfg.local
-    require(local.method in ("gd", "adam"), "local.method", f"must be gd or adam, got {local.method!r}")
-    require(local.order in ("screen_then_step", "step_then_screen"), "local.order",
-            f"must be screen_then_step or step_then_screen, got {local.order!r}")
-    require(math.isfinite(local.l2) and local.l2 >= 0, "local.l2", f"must be >= 0, got {local.l2}")
-
-    usable = [name for name, a in attacks.REGISTRY.items() if a.kind == "message" and not a.omniscient]
-    _validate_byzantine(cfg.byzantine, n, noun="nodes", usable=usable, data_kind=_data_kind(cfg),
-                        extra_faults=DECENTRALIZED_FAULTS_EXTRA,
-                        why_not=" (omniscient and data faults are server-mode only)")

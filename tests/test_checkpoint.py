@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mpisim import checkpoint, config, metrics, signals
-from mpisim.config import ConfigError, ServerModeConfig
+from mpisim.config import ConfigError
 from mpisim.protocols import driver
+from mpisim.protocols.server_config import ServerModeConfig
 
 
 def parse(argv):

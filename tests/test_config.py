@@ -3,7 +3,9 @@
 import pytest
 
 from mpisim import config
-from mpisim.config import ConfigError, ServerModeConfig
+from mpisim.config import ConfigError
+from mpisim.protocols import decentralized_config, server_config
+from mpisim.protocols.server_config import ServerModeConfig
 
 
 def parse(argv):
@@ -68,11 +70,11 @@ def test_toml_type_errors_name_the_field(tmp_path):
 
 
 def test_valid_default_passes_on_eleven_ranks():
-    config.validate_server_mode(parse([]), world_size=11)
+    server_config.validate_server_mode(parse([]), world_size=11)
 
 
 def test_a_sharded_server_takes_its_ranks_before_the_agents():
-    config.validate_server_mode(parse(["--server.ranks", "3"]), world_size=13)
+    server_config.validate_server_mode(parse(["--server.ranks", "3"]), world_size=13)
 
 
 @pytest.mark.parametrize("argv, world, field, words", [
@@ -125,7 +127,7 @@ def test_a_sharded_server_takes_its_ranks_before_the_agents():
 ])
 def test_validation_names_field_and_constraint(argv, world, field, words):
     with pytest.raises(ConfigError) as info:
-        config.validate_server_mode(parse(argv), world_size=world)
+        server_config.validate_server_mode(parse(argv), world_size=world)
     assert info.value.field == field
     assert words in str(info.value)
 
@@ -138,7 +140,7 @@ def test_a_step_parameter_is_reached_with_dots_at_any_depth():
                  "--aggregator.pre_params.bucketing.s", "3"])
 
     assert dict(cfg.aggregator.pre_params) == {"bucketing": {"s": 3}}
-    config.validate_server_mode(cfg, world_size=11)
+    server_config.validate_server_mode(cfg, world_size=11)
 
 
 def test_a_step_parameter_that_is_not_a_table_is_a_config_error(tmp_path):
@@ -146,7 +148,7 @@ def test_a_step_parameter_that_is_not_a_table_is_a_config_error(tmp_path):
     path.write_text('[aggregator]\nname = "cwtm"\npre = ["bucketing"]\npre_params = {bucketing = 3}\n')
 
     with pytest.raises(ConfigError) as info:
-        config.validate_server_mode(parse(["--config", str(path)]), world_size=11)
+        server_config.validate_server_mode(parse(["--config", str(path)]), world_size=11)
     assert info.value.field == "aggregator.pre_params.bucketing" and "expected a table" in str(info.value)
 
 
@@ -155,7 +157,7 @@ def test_an_unknown_step_parameter_names_it():
                  "--aggregator.pre_params.bucketing.size", "3"])
 
     with pytest.raises(ConfigError) as info:
-        config.validate_server_mode(cfg, world_size=11)
+        server_config.validate_server_mode(cfg, world_size=11)
     assert info.value.field == "aggregator.pre_params.bucketing.size"
 
 
@@ -200,27 +202,27 @@ def test_config_that_is_a_directory_or_not_utf8_is_a_config_error(tmp_path):
 
 def test_test_size_beyond_the_test_set_is_refused_like_train_size():
     with pytest.raises(ConfigError) as info:
-        config.validate_server_mode(parse(["--data.test_size", "2001"]), world_size=11)
+        server_config.validate_server_mode(parse(["--data.test_size", "2001"]), world_size=11)
     assert info.value.field == "data.test_size" and "has 2000 samples" in str(info.value)
 
 
 def test_print_config_needs_no_job_size():
-    config.validate_server_mode(parse([]), world_size=None)
+    server_config.validate_server_mode(parse([]), world_size=None)
 
 
 def test_a_moved_field_says_where_it_went():
     with pytest.raises(ConfigError) as info:
-        config.parse_args(config.DecentralizedConfig, ["--local.lam", "2"], prog="t", description="t")
+        config.parse_args(decentralized_config.DecentralizedConfig, ["--local.lam", "2"], prog="t", description="t")
     assert info.value.field == "local.lam" and "--optim.lr" in str(info.value)
 
 
 def test_decentralized_help_names_the_models_file():
-    assert "models.npy" in config._help_text(config.DecentralizedConfig)
+    assert "models.npy" in config._help_text(decentralized_config.DecentralizedConfig)
 
 
 def test_a_model_must_learn_what_the_data_set_holds():
     with pytest.raises(ConfigError) as info:
-        config.validate_server_mode(parse(["--model.name", "least_squares"]), world_size=11)
+        server_config.validate_server_mode(parse(["--model.name", "least_squares"]), world_size=11)
     assert info.value.field == "model.name" and "regression" in str(info.value)
 
 
@@ -230,26 +232,26 @@ def test_a_partition_leaving_an_agent_short_of_a_batch_names_the_agent():
                  "--data.batch_size", "61"])
 
     with pytest.raises(ConfigError) as info:
-        config.validate_server_mode(cfg, world_size=101)
+        server_config.validate_server_mode(cfg, world_size=101)
     assert info.value.field == "data.partition" and "agent" in str(info.value)
 
 
 def test_an_impossible_bulyan_b_is_caught_at_config_time_with_bulyans_bound():
     # BRIDGE-B needs 4b + 2 = 22 neighbours at b = 5: impossible with 20 nodes, although 2b < n - 1.
-    cfg, _ = config.parse_args(config.DecentralizedConfig, ["--screening.name", "bridge_b",
+    cfg, _ = config.parse_args(decentralized_config.DecentralizedConfig, ["--screening.name", "bridge_b",
                                                             "--screening.b", "5"], prog="t", description="t")
 
     with pytest.raises(ConfigError) as info:
-        config.validate_decentralized(cfg, world_size=20)
+        decentralized_config.validate_decentralized(cfg, world_size=20)
     assert info.value.field == "screening.b" and "4b + 2" in str(info.value) and "22" in str(info.value)
 
 
 def test_graph_redraw_is_bounded():
-    cfg, _ = config.parse_args(config.DecentralizedConfig, ["--graph.redraw", "1000000"], prog="t",
+    cfg, _ = config.parse_args(decentralized_config.DecentralizedConfig, ["--graph.redraw", "1000000"], prog="t",
                                description="t")
 
     with pytest.raises(ConfigError) as info:
-        config.validate_decentralized(cfg, world_size=20)
+        decentralized_config.validate_decentralized(cfg, world_size=20)
     assert info.value.field == "graph.redraw"
 
 

@@ -111,7 +111,7 @@ FAKE = textwrap.dedent("""
             return {"model": np.array([self.w], dtype=np.float32)}
 
     class Fake(driver.Protocol):
-        mode, config_class, prog, description = "fake", config.ServerModeConfig, "fake", "fake"
+        mode, config_class, prog, description = "fake", server_config.ServerModeConfig, "fake", "fake"
         validate = staticmethod(lambda cfg, world_size: None)
         plan = classmethod(lambda cls, cfg: None)
         run_name = classmethod(lambda cls, cfg, plan: ["fake"])

@@ -5,8 +5,9 @@ import pytest
 
 from mpisim import config, register, registry
 from mpisim import datasets as data
-from mpisim.config import ConfigError, ServerModeConfig
+from mpisim.config import ConfigError
 from mpisim.datasets.partition import MAX_ATTEMPTS, PARTITIONS, partition
+from mpisim.protocols.server_config import ServerModeConfig
 
 BUILT_INS = ("iid", "dirichlet", "label_shards")
 

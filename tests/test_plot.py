@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from mpisim import config, metrics, plot
+from mpisim.protocols import decentralized_config
+from mpisim.protocols import server_config as server_mode_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def server_config(*, seed=0, aggregator="cge", fault="gradient_reverse"):
-    base = config.ServerModeConfig()
+    base = server_mode_config.ServerModeConfig()
     return dataclasses.replace(base, run=dataclasses.replace(base.run, seed=seed),
                                aggregator=dataclasses.replace(base.aggregator, name=aggregator),
                                byzantine=dataclasses.replace(base.byzantine, fault=fault))
@@ -134,7 +136,7 @@ def test_x_time_and_bytes_take_the_log_s_values(tmp_path):
 
 
 def test_a_decentralized_run_plots_its_consensus_against_the_nodes_bytes(tmp_path):
-    cfg = config.DecentralizedConfig()
+    cfg = decentralized_config.DecentralizedConfig()
     records = [{"round": t, "time": 0.1 * t, "train_loss": None, "test_loss": 1.0, "test_accuracy": 0.5,
                 "test_accuracy_min": 0.4, "test_accuracy_max": 0.6, "consensus_distance": 2.0 ** -t if t else 0.0,
                 "consensus_relative": None, "bytes": {"nodes_sent": 1000 * t, "nodes_received": 1000 * t}}

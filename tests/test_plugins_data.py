@@ -9,7 +9,8 @@ import pytest
 
 from conftest import run_mpi
 from mpisim import config, plugins, registry
-from mpisim.config import ConfigError, ServerModeConfig
+from mpisim.config import ConfigError
+from mpisim.protocols.server_config import ServerModeConfig
 
 PLUGIN = textwrap.dedent('''
     """A user's data set and partition, for the tests."""

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from mpisim import config, register, registry
-from mpisim.config import ConfigError, ServerModeConfig
+from mpisim.config import ConfigError
+from mpisim.protocols import server_config
+from mpisim.protocols.server_config import ServerModeConfig
 from mpisim.rules import aggregators
 
 
@@ -89,7 +91,7 @@ def sharded(name, pre=()):
                                                   "--aggregator.f", "0", "--byzantine.fault", "none",
                                                   *(["--aggregator.pre", ",".join(pre)] if pre else [])],
                                prog="t", description="t")
-    config.validate_server_mode(cfg, None)
+    server_config.validate_server_mode(cfg, None)
 
 
 def test_a_sharded_server_refuses_a_rule_that_is_neither_coordinate_wise_nor_takes_the_row_sums(scratch):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mpisim import config, metrics
+from mpisim.protocols import server_config
 
 pytestmark = pytest.mark.processes
 
@@ -40,7 +41,7 @@ def test_entry_point_trains_and_writes_its_run_directory(mpirun, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["byzantine_ids"] and summary["fault"] == "gradient_reverse"
     assert len(summary["ranks"]) == 4 and all(r["peak_rss"] > 0 for r in summary["ranks"])
-    saved, _ = config.parse_args(config.ServerModeConfig, ["--config", str(run_dir / "config.toml")],
+    saved, _ = config.parse_args(server_config.ServerModeConfig, ["--config", str(run_dir / "config.toml")],
                                  prog="t", description="t")
     assert saved.agents.n == 6 and saved.run.rounds == 40
 

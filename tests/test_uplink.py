@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from mpisim import compression, config, datasets
+from mpisim import compression, datasets
 from mpisim.datasets.sampler import Sampler
-from mpisim.protocols import uplink
+from mpisim.protocols import server_config, uplink
 from mpisim.protocols.state import Agent
 from mpisim.rules import aggregators as A
 
 
 def make_cfg(**compression_fields):
-    cfg = config.ServerModeConfig()
+    cfg = server_config.ServerModeConfig()
     return dataclasses.replace(cfg, compression=dataclasses.replace(cfg.compression, **compression_fields))
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .. import seeding
-from ..config import ConfigError, DecentralizedConfig, validate_decentralized
+from ..config import ConfigError
 from ..graphs import topology
 from ..graphs.exchange import GraphPlan, MessagePool
 from ..learning import projection, schedules
@@ -44,6 +44,7 @@ from ..mpi import comm as mpi
 from ..placement import Placement
 from ..rules import attacks, screening
 from . import driver
+from .decentralized_config import DecentralizedConfig, validate_decentralized
 from .state import Node
 
 # Consensus counts as reached when max_j ||w_j - mean|| <= CONSENSUS_TOL * ||mean||,

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import torch
 
-from ..config import OneRoundConfig, validate_one_round
 from ..learning import erm
 from ..mpi import comm as mpi
 from . import driver
+from .one_round_config import OneRoundConfig, validate_one_round
 from .server import SERVER, AgentHost, ServerMode, ServerPlan, ServerRole, _nothing
 
 

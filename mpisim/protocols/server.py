@@ -58,13 +58,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import compression, config, seeding
-from ..config import ServerModeConfig, validate_server_mode
+from .. import compression, seeding
 from ..learning import projection, schedules
 from ..mpi import comm as mpi
 from ..placement import Placement
 from ..rules import aggregators, attacks
 from . import driver, transport, uplink
+from .server_config import ServerModeConfig, server_ranks, validate_server_mode
 from .state import Agent, Server, generator_states, load_generator_states
 
 SERVER = 0
@@ -93,7 +93,7 @@ class ServerMode(driver.Protocol):
 
     @classmethod
     def plan(cls, cfg: ServerModeConfig) -> ServerPlan:
-        servers = config.server_ranks(cfg)
+        servers = server_ranks(cfg)
         return ServerPlan(Placement(cfg.agents.n, cfg.agents.per_rank, first=servers),
                           driver.faulty_ids(cfg, cfg.agents.n), servers)
 
