@@ -15,9 +15,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MPISIM_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
-extras="test,plot"
+extras="test,plot,docs"
 if [ "${MPISIM_MPI:-wheel}" != "system" ]; then
-    extras="test,plot,mpich"
+    extras="test,plot,docs,mpich"
 fi
 
 mkdir -p "$venv"

@@ -639,13 +639,17 @@ def add(name: str, cls: type[Codec], *, check: Callable[..., str | None] | None 
     return cls
 
 
-for _name, _cls, _check in (
-        ("none", NoCompression, None),
-        ("sign", Sign, None),
-        ("scaled_sign", ScaledSign, None),
-        ("topk", TopK, lambda d, k, ratio: _topk_problems(k=k, ratio=ratio, d=d)),
-        ("qsgd", QSGD, lambda d, s: _qsgd_problems(s=s))):
-    add(_name, _cls, check=_check, origin="mpisim")
+_GHOSH = "Ghosh, Maity, Kadhe, Mazumdar, Ramchandran, 2021, Section 7"
+for _name, _cls, _check, _reference in (
+        ("none", NoCompression, None, "no compression: float32 as on the wire without [compression]"),
+        ("sign", Sign, None, "Bernstein, Wang, Azizzadenesheli, Anandkumar, signSGD, ICML 2018"),
+        ("scaled_sign", ScaledSign, None, f"Karimireddy, Rebjock, Stich, Jaggi, Error Feedback Fixes SignSGD, "
+                                          f"ICML 2019; {_GHOSH}"),
+        ("topk", TopK, lambda d, k, ratio: _topk_problems(k=k, ratio=ratio, d=d),
+         f"Stich, Cordonnier, Jaggi, Sparsified SGD with Memory, NeurIPS 2018; {_GHOSH}"),
+        ("qsgd", QSGD, lambda d, s: _qsgd_problems(s=s),
+         f"Alistarh, Grubic, Li, Tomioka, Vojnovic, QSGD, NeurIPS 2017, eq 3.1; {_GHOSH}")):
+    add(_name, _cls, check=_check, reference=_reference, origin="mpisim")
 
 
 def param_defaults(name: str) -> dict[str, Any]:

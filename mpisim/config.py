@@ -97,7 +97,7 @@ class DataConfig:
     """[data]: the data set, its split across agents or nodes, and the batches."""
 
     name: str = option("mnist-small", "data set: mnist-small (built in), mnist, fashion-mnist, cifar10, "
-                                    "synthetic_regression (see the README)")
+                                    "synthetic_regression, or a plugin's (the data sets page of the docs)")
     root: str = option("", "directory holding the data set's files (mnist-small and "
                          "synthetic_regression need none)")
     params: Mapping[str, Any] = option({}, "the data set's own parameters, e.g. "
@@ -124,7 +124,7 @@ class ModelConfig:
     """[model]: what is trained, and from where it starts."""
 
     name: str = option("lenet", "model: lenet, linear (one-vs-all squared hinge), cnn, logreg, mlp, "
-                              "least_squares (see the README)")
+                              "least_squares, or a plugin's (the models page of the docs)")
     init: str = option("default", "initial parameters: default (PyTorch's per-layer init) or zero")
     params: Mapping[str, Any] = option({}, "the model's own parameters, e.g. --model.params.hidden 1000 (mlp)")
 
@@ -159,7 +159,7 @@ class AggregatorConfig:
     """[aggregator]: the server's robust rule, what comes before it (pre-aggregation,
     gradient averaging), and the number of faulty agents it is set to tolerate."""
 
-    name: str = option("cge", "gradient filter (see the README's table of rules)")
+    name: str = option("cge", "gradient filter: a rule of the registry (the rules page of the docs lists them)")
     f: int = option(1, "number of faulty agents the filter is set to tolerate")
     params: Mapping[str, Any] = option({}, "the filter's own parameters, e.g. --aggregator.params.m 2")
     pre: tuple[str, ...] = option((), "pre-aggregation steps applied in order before the filter, e.g. nnm")

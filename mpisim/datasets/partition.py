@@ -310,7 +310,8 @@ def _check_label_shards(params: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-add("iid", iid, needs_labels=False, origin="mpisim")
+add("iid", iid, needs_labels=False, origin="mpisim",
+    reference="the i.i.d. split of every paper here (CGE paper Section 3.2; BRIDGE Section 5)")
 add("dirichlet", dirichlet, needs_labels=True, check=_check_dirichlet, origin="mpisim",
     reference="Hsu, Qi, Brown 2019, Measuring the Effects of Non-Identical Data Distribution for "
               "Federated Visual Classification, Section 3.1")

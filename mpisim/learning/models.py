@@ -270,6 +270,14 @@ def add(spec: ModelSpec, *, reference: str = "", origin: str | None = None) -> M
 #: config name -> :class:`ModelSpec` (:data:`mpisim.registry.models`: built-ins and plugins alike)
 MODELS = registry.models
 
+_REFERENCES = {
+    "lenet": "LeCun, Bottou, Bengio, Haffner, Proc. IEEE 1998; the model of the CGE paper's experiments",
+    "linear": "Fang, Yang, Bajwa, BRIDGE, IEEE TSIPN 2022, Section 5.1",
+    "cnn": "Fang, Yang, Bajwa, BRIDGE, IEEE TSIPN 2022, Section 5.2",
+    "logreg": "Yin, Chen, Ramchandran, Bartlett, ICML 2018, Section 7",
+    "mlp": "Ghosh, Maity, Kadhe, Mazumdar, Ramchandran, 2021, Section 7",
+    "least_squares": "Ghosh, Maity, Kadhe, Mazumdar, Ramchandran, 2021, Section 7",
+}
 for _spec in (
     ModelSpec(
         name="lenet", kind="classification",
@@ -301,7 +309,7 @@ for _spec in (
         description="linear prediction a^T w, loss (1/2)(a^T w - b)^2 "
                     "(Ghosh et al., Section 7)"),
 ):
-    add(_spec, origin="mpisim")
+    add(_spec, reference=_REFERENCES[_spec.name], origin="mpisim")
 
 INITS = ("default", "zero")
 

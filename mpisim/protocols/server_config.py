@@ -33,7 +33,8 @@ class CompressionConfig:
     """[compression]: what the agents' uplink carries (Ghosh et al.; mpisim.compression)."""
 
     codec: str = option("none", "compressor Q of every agent's message: none (float32, as without "
-                              "compression), sign, scaled_sign, topk, qsgd (see the README)")
+                              "compression), sign, scaled_sign, topk, qsgd, or a plugin's (the codecs "
+                              "page of the docs)")
     params: Mapping[str, Any] = option({}, "the codec's own parameters, e.g. --compression.params.k 100 "
                                          "(topk; or ratio), --compression.params.s 4 (qsgd)")
     side_norm: int = option(0, "q = 1 or 2: every agent sends ||g||_q beside Q(g) (4 bytes) and "

@@ -801,7 +801,39 @@ def _median_columns(x: Tensor) -> Tensor:
 # Rules from the CGE paper (Gupta, Liu, Vaidya; Sections 2.1 and 3.2)
 # --------------------------------------------------------------------------
 
-@register("mean", coordinatewise=True, check=lambda n, f: None)
+# Where each built-in comes from (its registry entry's reference).
+_REFERENCES = {
+    "mean": "the non-robust baseline of every paper (D-SGD, CGE paper eq 2)",
+    "cge": "Gupta, Liu, Vaidya (CGE paper), Section 2.1 (comparative gradient elimination)",
+    "cwtm": ("CGE paper, Section 3.4 (coordinate-wise trimmed mean); Yin, Chen, Ramchandran, Bartlett, ICML "
+        "2018"),
+    "trimmed_mean": ("Yin, Chen, Ramchandran, Bartlett, Byzantine-Robust Distributed Learning: Towards Optimal "
+        "Statistical Rates, ICML 2018, Definition 2"),
+    "geomed": ("Chen, Su, Xu, Distributed Statistical Machine Learning in Adversarial Settings, POMACS 2017 "
+        "(geometric median); CGE paper, Section 3.4"),
+    "mom": ("Chen, Su, Xu, Distributed Statistical Machine Learning in Adversarial Settings, POMACS 2017 "
+        "(geometric median of means)"),
+    "multikrum": ("Blanchard, El Mhamdi, Guerraoui, Stainer, Machine Learning with Adversaries: Byzantine Tolerant "
+        "Gradient Descent, NeurIPS 2017"),
+    "krum": ("Blanchard, El Mhamdi, Guerraoui, Stainer, Machine Learning with Adversaries: Byzantine Tolerant "
+        "Gradient Descent, NeurIPS 2017"),
+    "median": "Yin, Chen, Ramchandran, Bartlett, ICML 2018, Definition 1",
+    "meamed": "Xie, Koyejo, Gupta, Generalized Byzantine-tolerant SGD, arXiv:1802.10116, 2018",
+    "bulyan": ("El Mhamdi, Guerraoui, Rouault, The Hidden Vulnerability of Distributed Learning in Byzantium, "
+        "ICML 2018"),
+    "norm_threshold": ("Ghosh, Maity, Kadhe, Mazumdar, Ramchandran, Communication-Efficient and Byzantine-Robust "
+        "Distributed Learning, Algorithms 1-2"),
+    "majority_vote": ("Bernstein, Zhao, Azizzadenesheli, Anandkumar, signSGD with Majority Vote is Communication "
+        "Efficient and Fault Tolerant, ICLR 2019"),
+    "cc": "Karimireddy, He, Jaggi, Learning from History for Byzantine Robust Optimization, ICML 2021",
+    "nnm": "Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, Fixing by Mixing, AISTATS 2023",
+    "bucketing": ("Karimireddy, He, Jaggi, Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing, ICLR "
+        "2022"),
+}
+
+
+@register("mean", reference=_REFERENCES["mean"],
+          coordinatewise=True, check=lambda n, f: None)
 def mean(x: Tensor, *, f: int) -> Tensor:
     """Plain average of the rows: D-SGD without a filter (not robust).
 
@@ -837,7 +869,8 @@ def _mean_rows(x: Tensor) -> Tensor:
     return torch.from_numpy(total).div_(n)
 
 
-@register("cge", coordinatewise=False, check=_needs_honest_majority("cge"),
+@register("cge", reference=_REFERENCES["cge"],
+          coordinatewise=False, check=_needs_honest_majority("cge"),
           validators={"reduce": _v_choice("sum", "mean")})
 def cge(x: Tensor, *, f: int, reduce: str = "sum", sharding: Sharding = WHOLE) -> Tensor:
     """Comparative gradient elimination: keep the n - f smallest-norm rows.
@@ -857,7 +890,8 @@ def cge(x: Tensor, *, f: int, reduce: str = "sum", sharding: Sharding = WHOLE) -
     return _combine(x, w, torch.isfinite(norms))
 
 
-@register("cwtm", coordinatewise=True, check=_needs_honest_majority("cwtm"))
+@register("cwtm", reference=_REFERENCES["cwtm"],
+          coordinatewise=True, check=_needs_honest_majority("cwtm"))
 def cwtm(x: Tensor, *, f: int) -> Tensor:
     """Coordinate-wise f-trimmed mean.
 
@@ -870,7 +904,8 @@ def cwtm(x: Tensor, *, f: int) -> Tensor:
     return _trimmed_mean_columns(x, f)
 
 
-@register("trimmed_mean", coordinatewise=True, check=lambda n, f, beta: (
+@register("trimmed_mean", reference=_REFERENCES["trimmed_mean"],
+          coordinatewise=True, check=lambda n, f, beta: (
     _needs_honest_majority("trimmed_mean")(n, f) if beta is None else None),
     validators={"beta": _v_fraction_below_half})
 def trimmed_mean(x: Tensor, *, f: int, beta: float | None = None) -> Tensor:
@@ -967,7 +1002,8 @@ def _geometric_median(x: Tensor, tol: float, max_iter: int, eps: float,
     return _combine(x, w, torch.isfinite(norms))
 
 
-@register("geomed", coordinatewise=False, check=_needs_honest_majority("geomed"), validators=_GEOMED_VALIDATORS)
+@register("geomed", reference=_REFERENCES["geomed"],
+          coordinatewise=False, check=_needs_honest_majority("geomed"), validators=_GEOMED_VALIDATORS)
 def geomed(x: Tensor, *, f: int, tol: float = 1e-7, max_iter: int = 1000,
            eps: float = 1e-10, sharding: Sharding = WHOLE) -> Tensor:
     """Geometric median: the point minimising the sum of distances to the rows.
@@ -995,7 +1031,8 @@ def geomed(x: Tensor, *, f: int, tol: float = 1e-7, max_iter: int = 1000,
     return _geometric_median(x, tol, max_iter, eps, sharding)
 
 
-@register("mom", coordinatewise=False, check=_mom_check,
+@register("mom", reference=_REFERENCES["mom"],
+          coordinatewise=False, check=_mom_check,
           validators={"groups": _v_int(1, allow_none=True), **_GEOMED_VALIDATORS})
 def mom(x: Tensor, *, f: int, groups: int | None = None, tol: float = 1e-7,
         max_iter: int = 1000, eps: float = 1e-10, sharding: Sharding = WHOLE) -> Tensor:
@@ -1041,7 +1078,8 @@ def _krum_scores(D: Tensor, k: int) -> Tensor:
     return torch.topk(D, k, dim=1, largest=False).values.sum(dim=1)
 
 
-@register("multikrum", coordinatewise=False, check=_krum_check("multikrum"),
+@register("multikrum", reference=_REFERENCES["multikrum"],
+          coordinatewise=False, check=_krum_check("multikrum"),
           validators={"m": _v_int(1, allow_none=True),
                       "neighbours": _v_choice("n-f-2", "n-f-1")})
 def multikrum(x: Tensor, *, f: int, m: int | None = None, neighbours: str = "n-f-2",
@@ -1073,7 +1111,8 @@ def multikrum(x: Tensor, *, f: int, m: int | None = None, neighbours: str = "n-f
     return _combine(x, w, torch.isfinite(norms))
 
 
-@register("krum", coordinatewise=False, check=_krum_check("krum"),
+@register("krum", reference=_REFERENCES["krum"],
+          coordinatewise=False, check=_krum_check("krum"),
           validators={"neighbours": _v_choice("n-f-2", "n-f-1")})
 def krum(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding = WHOLE) -> Tensor:
     """Krum: the row with the smallest Krum score (multikrum with m = 1).
@@ -1089,7 +1128,8 @@ def krum(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding = W
 # Rules from Yin et al. (Definitions 1-2) and the BRSGD paper (Section 2.2)
 # --------------------------------------------------------------------------
 
-@register("median", coordinatewise=True, check=_needs_honest_majority("median"))
+@register("median", reference=_REFERENCES["median"],
+          coordinatewise=True, check=_needs_honest_majority("median"))
 def median(x: Tensor, *, f: int) -> Tensor:
     """Coordinate-wise median (Yin et al. 2018, Definition 1).
 
@@ -1101,7 +1141,8 @@ def median(x: Tensor, *, f: int) -> Tensor:
     return _median_columns(x)
 
 
-@register("meamed", coordinatewise=True, check=_needs_honest_majority("meamed"))
+@register("meamed", reference=_REFERENCES["meamed"],
+          coordinatewise=True, check=_needs_honest_majority("meamed"))
 def meamed(x: Tensor, *, f: int) -> Tensor:
     """Mean around the median, coordinate-wise.
 
@@ -1122,7 +1163,8 @@ def _bulyan_check(n, f, neighbours):
     return None
 
 
-@register("bulyan", coordinatewise=False, check=_bulyan_check,
+@register("bulyan", reference=_REFERENCES["bulyan"],
+          coordinatewise=False, check=_bulyan_check,
           validators={"neighbours": _v_choice("n-f-2", "n-f-1")})
 def bulyan(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding = WHOLE) -> Tensor:
     """Bulyan over Krum (El Mhamdi, Guerraoui, Rouault 2018).
@@ -1164,7 +1206,8 @@ def bulyan(x: Tensor, *, f: int, neighbours: str = "n-f-2", sharding: Sharding =
 # Ghosh et al. (Algorithms 1-2) and centered clipping
 # --------------------------------------------------------------------------
 
-@register("norm_threshold", coordinatewise=False, check=lambda n, f, beta: (
+@register("norm_threshold", reference=_REFERENCES["norm_threshold"],
+          coordinatewise=False, check=lambda n, f, beta: (
     _needs_honest_majority("norm_threshold")(n, f) if beta is None else None),
     validators={"beta": _v_fraction_below_half})
 def norm_threshold(x: Tensor, *, f: int, beta: float | None = None,
@@ -1218,7 +1261,8 @@ def _average_smallest(x: Tensor, norms: Tensor, ok: Tensor, *, f: int, beta: flo
 # signSGD with majority vote (Bernstein et al. 2019)
 # --------------------------------------------------------------------------
 
-@register("majority_vote", coordinatewise=True, check=_needs_honest_majority("majority_vote"))
+@register("majority_vote", reference=_REFERENCES["majority_vote"],
+          coordinatewise=True, check=_needs_honest_majority("majority_vote"))
 def majority_vote(x: Tensor, *, f: int) -> Tensor:
     """signSGD's majority vote: the sign of each column's sum of signs, ties to +1.
 
@@ -1236,7 +1280,8 @@ def majority_vote(x: Tensor, *, f: int) -> Tensor:
     return torch.where(2 * negative > x.shape[0], -1.0, 1.0).to(x.dtype)
 
 
-@register("cc", coordinatewise=False, check=_needs_honest_majority("cc"),
+@register("cc", reference=_REFERENCES["cc"],
+          coordinatewise=False, check=_needs_honest_majority("cc"),
           validators={"tau": _v_positive, "iters": _v_int(1), "center": _v_center})
 def cc(x: Tensor, *, f: int, tau: float = 10.0, iters: int = 1,
        center: Any = None, sharding: Sharding = WHOLE) -> Tensor:
@@ -1280,7 +1325,8 @@ def cc(x: Tensor, *, f: int, tau: float = 10.0, iters: int = 1,
 # Pre-aggregation
 # --------------------------------------------------------------------------
 
-@register_pre("nnm", coordinatewise=False, check=_needs_honest_majority("nnm"), out=lambda n, f: (n, f))
+@register_pre("nnm", reference=_REFERENCES["nnm"],
+              coordinatewise=False, check=_needs_honest_majority("nnm"), out=lambda n, f: (n, f))
 def nnm(x: Tensor, *, f: int, rng: torch.Generator | None = None,
         sharding: Sharding = WHOLE) -> tuple[Tensor, int]:
     """Nearest-neighbour mixing (Allouah et al. 2023, "Fixing by Mixing").
@@ -1316,7 +1362,8 @@ def _bucket_count(n: int, s: int) -> int:
     return -(-n // s)
 
 
-@register_pre("bucketing", coordinatewise=True, check=lambda n, f, s: None,
+@register_pre("bucketing", reference=_REFERENCES["bucketing"],
+              coordinatewise=True, check=lambda n, f, s: None,
               out=lambda n, f, s: (_bucket_count(n, s), min(f, _bucket_count(n, s))),
               validators={"s": _v_int(1)})
 def bucketing(x: Tensor, *, f: int, rng: torch.Generator | None = None,

@@ -198,7 +198,25 @@ def _with_own(own: Tensor, received: Tensor) -> Tensor:
 # BRIDGE-T: the conference paper's screen (Algorithm 1, eqs 4-7)
 # --------------------------------------------------------------------------
 
-@register("bridge_t", title="trimmed mean", rule="cwtm", bound="m > 2b")
+# Where each built-in comes from (its registry entry's reference).
+_REFERENCES = {
+    "bridge_t": ("Fang, Yang, Bajwa, BRIDGE: Byzantine-Resilient Decentralized Gradient Descent, IEEE TSIPN 2022, "
+        "eq 7 (BRIDGE-T)"),
+    "bridge_m": ("Fang, Yang, Bajwa, BRIDGE: Byzantine-Resilient Decentralized Gradient Descent, IEEE TSIPN 2022, "
+        "Section 3 (BRIDGE-M)"),
+    "bridge_k": ("Fang, Yang, Bajwa, BRIDGE: Byzantine-Resilient Decentralized Gradient Descent, IEEE TSIPN 2022, "
+        "Section 3 (BRIDGE-K)"),
+    "bridge_b": ("Fang, Yang, Bajwa, BRIDGE: Byzantine-Resilient Decentralized Gradient Descent, IEEE TSIPN 2022, "
+        "Section 3 (BRIDGE-B)"),
+    "dgd": ("Fang, Yang, Bajwa, BRIDGE: Byzantine-Resilient Decentralized Gradient Descent, IEEE TSIPN 2022, "
+        "eq 3 (DGD, the non-robust baseline)"),
+    "local": ("Fang, Yang, Bajwa, BRIDGE: Byzantine-Resilient Decentralized Gradient Descent, IEEE TSIPN 2022, "
+        "Section 5 (local training baseline)"),
+}
+
+
+@register("bridge_t", reference=_REFERENCES["bridge_t"],
+          title="trimmed mean", rule="cwtm", bound="m > 2b")
 def bridge_t(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-T: coordinate-wise trimmed mean of the neighbours, averaged with own.
 
@@ -229,7 +247,8 @@ def bridge_t(own: Tensor, received: Tensor, *, b: int) -> Tensor:
 # journal version adds screens built on other robust rules; here each one
 # runs on the set {own} + received (m + 1 vectors) with f = b.
 
-@register("bridge_m", title="median", rule="median", bound="m >= 2b", with_own=True)
+@register("bridge_m", reference=_REFERENCES["bridge_m"],
+          title="median", rule="median", bound="m >= 2b", with_own=True)
 def bridge_m(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-M: coordinate-wise median of own and the received vectors.
 
@@ -243,7 +262,8 @@ def bridge_m(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return aggregators.median(_with_own(own, received), f=b)
 
 
-@register("bridge_k", title="Krum", rule="krum", bound="m > 2b + 1", with_own=True)
+@register("bridge_k", reference=_REFERENCES["bridge_k"],
+          title="Krum", rule="krum", bound="m > 2b + 1", with_own=True)
 def bridge_k(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-K: the Krum choice among own and the received vectors.
 
@@ -261,7 +281,8 @@ def bridge_k(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return aggregators.krum(_with_own(own, received), f=b)
 
 
-@register("bridge_b", title="Bulyan", rule="bulyan", bound="m >= 4b + 2", with_own=True)
+@register("bridge_b", reference=_REFERENCES["bridge_b"],
+          title="Bulyan", rule="bulyan", bound="m >= 4b + 2", with_own=True)
 def bridge_b(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """BRIDGE-B: Bulyan over own and the received vectors.
 
@@ -286,7 +307,8 @@ def bridge_b(own: Tensor, received: Tensor, *, b: int) -> Tensor:
 # Baselines
 # --------------------------------------------------------------------------
 
-@register("dgd", title="plain average, not robust")
+@register("dgd", reference=_REFERENCES["dgd"],
+          title="plain average, not robust")
 def dgd(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """DGD: plain average of own and all received vectors (not robust).
 
@@ -298,7 +320,8 @@ def dgd(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     return received.sum(dim=0).add_(own).div_(received.shape[0] + 1)
 
 
-@register("local", title="no exchange")
+@register("local", reference=_REFERENCES["local"],
+          title="no exchange")
 def local(own: Tensor, received: Tensor, *, b: int) -> Tensor:
     """Local only: return (a copy of) own, ignoring every received vector.
 
