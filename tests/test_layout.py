@@ -21,7 +21,8 @@ PURE = sorted(
     for path in PACKAGE.rglob("*.py")
     if MPI_LAYER not in path.parents and "protocols" not in path.parts
     and path.name not in ("server_mode.py", "decentralized.py", "one_round.py", "__main__.py")
-) + ["mpisim.protocols.state", "mpisim.protocols.uplink"]
+) + ["mpisim.protocols.state", "mpisim.protocols.uplink", "mpisim.protocols.server_config",
+     "mpisim.protocols.one_round_config", "mpisim.protocols.decentralized_config"]
 
 # mpi4py methods that communicate or change communicators.
 COMMUNICATING = {
@@ -68,3 +69,54 @@ def test_no_module_outside_the_mpi_layer_talks_mpi(path):
 def _is_mpi_layer_call(func: ast.Attribute) -> bool:
     """``mpi.barrier(...)`` and the like: a function of the MPI layer, imported as ``mpi``."""
     return isinstance(func.value, ast.Name) and func.value.id == "mpi"
+
+
+def _own_sections() -> dict[str, set[str]]:
+    """Each mode's sections that no other mode has (server: compression, server; ...)."""
+    import dataclasses
+    import importlib
+
+    from mpisim import cli
+
+    modes = {}
+    for name, (module, _) in cli.COMMANDS.items():
+        protocol = getattr(importlib.import_module(module).main, "protocol", None)
+        if protocol is not None:
+            modes[name] = {f.name for f in dataclasses.fields(protocol.config_class)}
+    return {name: sections - set().union(*(s for other, s in modes.items() if other != name))
+            for name, sections in modes.items()}
+
+
+def test_the_shared_configuration_names_no_field_of_a_single_protocol():
+    own = _own_sections()
+    assert own["server"] >= {"compression", "server"} and own["decentralized"] >= {"graph", "screening"}
+    sections = sorted(set().union(*own.values()))
+    source = (PACKAGE / "config.py").read_text()
+    import re
+
+    named = sorted(set(re.findall(rf"\b(?:{'|'.join(sections)})\.[a-z_]+", source)))
+    assert named == [], f"mpisim/config.py names fields of a single protocol: {named}"
+    tree = ast.parse(source)
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert not classes & {"ServerModeConfig", "OneRoundConfig", "DecentralizedConfig", "ServerConfig",
+                          "CompressionConfig", "ErmConfig", "GraphConfig", "ScreeningConfig", "LocalConfig"}
+
+
+def _method(path: Path, cls: str, name: str) -> ast.FunctionDef:
+    tree = ast.parse(path.read_text())
+    body = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == cls).body
+    return next(node for node in body if isinstance(node, ast.FunctionDef) and node.name == name)
+
+
+@pytest.mark.parametrize("cls", ["ServerRole", "AgentHost"])
+def test_the_server_and_agent_rounds_do_not_branch_on_the_transport(cls):
+    step = _method(PACKAGE / "protocols" / "server.py", cls, "step")
+    transport_words = {"windows", "shared", "sharded", "slices", "collectives", "transport", "bounds", "vote",
+                       "broadcasts", "server_comm"}
+    for node in ast.walk(step):
+        if isinstance(node, (ast.If, ast.IfExp, ast.While)):
+            names = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)}
+            names |= {n.attr for n in ast.walk(node.test) if isinstance(n, ast.Attribute)}
+            assert not names & transport_words, f"{cls}.step branches on {sorted(names & transport_words)}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id != "isinstance", f"{cls}.step asks for a type"

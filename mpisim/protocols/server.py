@@ -200,7 +200,7 @@ class ServerRole(driver.Role):
 
     def _send_vote(self, filtered: torch.Tensor) -> None:
         with self.timer("bcast"):
-            self.transport.bcast(compression.pack_signs(filtered[None])[0], self.traffic)
+            self.transport.share_ballot(compression.pack_signs(filtered[None])[0], self.traffic)
 
     def stepper(self, cfg):
         """``advance(filtered, t)``: w <- Pi_W(w - eta_t * filtered), the step then the projection onto
@@ -220,7 +220,7 @@ class ServerRole(driver.Role):
         self.whole = self.transport.whole
         self.before()
         with timer("gather"):
-            self.transport.gather(self.inbox, self.traffic)
+            self.transport.collect(self.inbox, self.traffic)
         if self.uplink is not None:
             with timer("decode"):
                 self.uplink.decode(self.gradients)
@@ -426,7 +426,7 @@ class AgentHost(driver.Role):
 
     def _receive_vote(self, t: int) -> None:
         with self.timer("bcast"):
-            self.transport.bcast(self.ballot, self.traffic)
+            self.transport.share_ballot(self.ballot, self.traffic)
         with self.timer("step"):
             vote = compression.unpack_signs(self.ballot[None], self.model.d)[0]
             take_step(self.model.flat, vote, self.step_size(t - 1), self.cfg.optim.project_radius)
@@ -471,7 +471,7 @@ class AgentHost(driver.Role):
             with timer("encode"):
                 send = self.uplink.encode(self.send_rows, t)
         with timer("gather"):
-            self.transport.gather(send, self.traffic)
+            self.transport.collect(send, self.traffic)
         self.after(t)
 
     def train_loss(self) -> tuple[float, int]:

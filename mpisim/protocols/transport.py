@@ -2,12 +2,12 @@
 
 A round moves the model from the server to the agent ranks
 (:meth:`Transport.share_model`) and the agents' rows to the server
-(:meth:`Transport.gather`). Which way they travel is chosen once, when the
+(:meth:`Transport.collect`). Which way they travel is chosen once, when the
 run is created (:func:`choose`), and the roles' rounds never ask again:
 
 - :class:`Collectives`: ``Bcast`` of the model, ``Gatherv`` of the rows into
   one (n, width) block on rank 0, rows in agent order; the only one that
-  moves encoded payloads and the vote's ballot (:meth:`Transport.bcast`).
+  moves encoded payloads and the vote's ballot (:meth:`Transport.share_ballot`).
 - :class:`SharedWindows`: on one node, the model and the (n, d) block are
   shared-memory windows; only one-byte notes go through MPI. The bytes
   counted are those the collectives would have moved, and the models are
@@ -70,11 +70,11 @@ class Transport:
         """The server's model into every agent rank's ``flat``."""
         raise NotImplementedError
 
-    def gather(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
+    def collect(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
         """Agent ranks' outboxes into the server's inbox (``rows`` is whichever this rank has)."""
         raise NotImplementedError
 
-    def bcast(self, buf: np.ndarray, traffic: mpi.Traffic) -> None:
+    def share_ballot(self, buf: np.ndarray, traffic: mpi.Traffic) -> None:
         """A small array from rank 0 to every rank (the vote's ballot)."""
         raise NotImplementedError(f"the {self.name} transport moves no ballot")
 
@@ -103,7 +103,7 @@ class Collectives(Transport):
     def share_model(self, flat: np.ndarray, traffic: mpi.Traffic) -> None:
         mpi.bcast(self.world, flat, root=SERVER, traffic=traffic)
 
-    def gather(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
+    def collect(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
         if self.is_server:
             key = (rows.shape[1], rows.dtype.str)
             nothing = self._nothing.setdefault(key, np.empty((0, rows.shape[1]), dtype=rows.dtype))
@@ -111,7 +111,7 @@ class Collectives(Transport):
         else:
             mpi.gatherv_rows(self.world, rows, None, rows_per_rank=self.counts, root=SERVER, traffic=traffic)
 
-    def bcast(self, buf: np.ndarray, traffic: mpi.Traffic) -> None:
+    def share_ballot(self, buf: np.ndarray, traffic: mpi.Traffic) -> None:
         mpi.bcast(self.world, buf, root=SERVER, traffic=traffic)
 
 
@@ -160,7 +160,7 @@ class SharedWindows(Transport):
             np.copyto(flat, self.model.array)
             traffic.count("protocol", received=flat.nbytes)
 
-    def gather(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
+    def collect(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
         if self.is_server:
             self.block.wait_for(self.agent_ranks)
             traffic.count("protocol", received=rows.nbytes)
@@ -212,7 +212,7 @@ class Sharded(Transport):
     def share_model(self, flat: np.ndarray, traffic: mpi.Traffic) -> None:
         mpi.allgather_slices(self.world, flat, bounds=self.bounds, traffic=traffic)
 
-    def gather(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
+    def collect(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
         if self.is_server:
             self.slices.exchange(np.empty((0, self.bounds[-1]), dtype=rows.dtype), rows, traffic=traffic)
         else:
