@@ -69,27 +69,25 @@ class RunConfig:
     rounds: int = option(300, "number of rounds (iterations of the decentralized mode)")
     eval_every: int = option(25, "evaluate on the test set every this many rounds (and at the last one)")
     out_dir: str = option("results", "parent directory of the run directories (created if missing)")
-    name: str = option("", "run directory name under out_dir, one path component, not in use yet "
-                         "(default: made from the config and the time, with -2, -3... if taken)")
+    name: str = option("", "run directory name under out_dir, one path component, not in use yet (default: made from "
+                           "the config and the time, with -2, -3... if taken)")
     progress: bool = option(True, "progress bar on rank 0 (only when stderr is a terminal)")
-    save_model: bool = option(False, "write the final model(s) as flat float32 rows (the wire layout): "
-                                   "model.npy (server mode) or models.npy (decentralized: every node's, "
-                                   "rows in node order)")
-    checkpoint_every: int = option(0, "write a checkpoint of the whole run every this many rounds and at "
-                                    "the last (0: only when SIGTERM or SIGUSR1 arrives)")
-    plugins: tuple[str, ...] = option((), "plugins imported on every rank before the configuration is checked: "
-                                        ".py files or module names, e.g. --run.plugins my_defence.py,mypkg.attacks")
+    save_model: bool = option(False, "write the final model(s) as flat float32 rows (the wire layout): model.npy "
+                                     "(server mode) or models.npy (decentralized: every node's, rows in node order)")
+    checkpoint_every: int = option(0, "write a checkpoint of the whole run every this many rounds and at the last "
+                                      "(0: only when SIGTERM or SIGUSR1 arrives)")
+    plugins: tuple[str, ...] = option((), "plugins imported on every rank before the configuration is checked: .py "
+                                          "files or module names, e.g. --run.plugins my_defence.py,mypkg.attacks")
     plugin_sha256: Mapping[str, Any] = option({}, "recorded by the run, not set by you: each plugin's file and its "
-                                                "SHA-256 when the run started (a resume refuses a changed one)")
-    checkpoint_keep: int = option(2, "checkpoints kept in the run directory (the newest ones); more than one "
-                                   "leaves an older one for --run.resume_fallback if the newest is damaged")
-    resume: str = option("", "a run directory to go on with from its newest checkpoint, into the same "
-                           "directory; its config.toml is the base, and only run.rounds (which may "
-                           "grow), run.checkpoint_every, run.checkpoint_keep, run.resume_fallback and "
-                           "run.progress may differ")
-    resume_fallback: bool = option(False, "when the newest checkpoint fails its checks, go on from the newest "
-                                        "intact one (the damaged ones are set aside, not deleted); without "
-                                        "it such a resume stops with exit code 2")
+                                                  "SHA-256 when the run started (a resume refuses a changed one)")
+    checkpoint_keep: int = option(2, "checkpoints kept in the run directory (the newest ones); more than one leaves "
+                                     "an older one for --run.resume_fallback if the newest is damaged")
+    resume: str = option("", "a run directory to go on with from its newest checkpoint, into the same directory; its "
+                             "config.toml is the base, and only run.rounds (which may grow), run.checkpoint_every, "
+                             "run.checkpoint_keep, run.resume_fallback and run.progress may differ")
+    resume_fallback: bool = option(False, "when the newest checkpoint fails its checks, go on from the newest intact "
+                                          "one (the damaged ones are set aside, not deleted); without it such a "
+                                          "resume stops with exit code 2")
 
 
 @dataclass(frozen=True)
@@ -97,34 +95,33 @@ class DataConfig:
     """[data]: the data set, its split across agents or nodes, and the batches."""
 
     name: str = option("mnist-small", "data set: mnist-small (built in), mnist, fashion-mnist, cifar10, "
-                                    "synthetic_regression, or a plugin's (the data sets page of the docs)")
-    root: str = option("", "directory holding the data set's files (mnist-small and "
-                         "synthetic_regression need none)")
-    params: Mapping[str, Any] = option({}, "the data set's own parameters, e.g. "
-                                         "--data.params.samples 4000 for synthetic_regression")
-    batch_size: int = option(16, "samples per agent or node and round, drawn with replacement (k of the "
-                               "CGE paper's eq 8); 0: the whole local shard (full local gradient)")
-    batch_fraction: float = option(0.0, "instead of batch_size: this fraction of the local shard, in (0, 1], "
-                                      "drawn afresh without replacement every round (Yin et al. Section 7: "
-                                      "0.1); 0: use batch_size")
+                                      "synthetic_regression, or a plugin's (the data sets page of the docs)")
+    root: str = option("", "directory holding the data set's files (mnist-small and synthetic_regression need none)")
+    params: Mapping[str, Any] = option({}, "the data set's own parameters, e.g. --data.params.samples 4000 for "
+                                           "synthetic_regression")
+    batch_size: int = option(16, "samples per agent or node and round, drawn with replacement (k of the CGE paper's "
+                                 "eq 8); 0: the whole local shard (full local gradient)")
+    batch_fraction: float = option(0.0, "instead of batch_size: this fraction of the local shard, in (0, 1], drawn "
+                                        "afresh without replacement every round (Yin et al. Section 7: 0.1); 0: use "
+                                        "batch_size")
     train_size: int = option(0, "use a seeded random subset of this many training samples (0: all)")
     test_size: int = option(0, "evaluate on the first this many test samples (0: all)")
-    partition: str = option("iid", "split of the training set across agents or nodes: iid, dirichlet "
-                                 "(per-class proportions ~ Dirichlet(alpha)), label_shards (sort by "
-                                 "label, deal shards), or a plugin's")
+    partition: str = option("iid", "split of the training set across agents or nodes: iid, dirichlet (per-class "
+                                   "proportions ~ Dirichlet(alpha)), label_shards (sort by label, deal shards), or a "
+                                   "plugin's")
     partition_params: Mapping[str, Any] = option({}, "the partition's own parameters, e.g. "
-                                                   "--data.partition_params.alpha 0.1 (dirichlet, default 0.5: "
-                                                   "large near iid, small skewed), "
-                                                   "--data.partition_params.shards_per_agent 3 (label_shards, "
-                                                   "default 2)")
+                                                     "--data.partition_params.alpha 0.1 (dirichlet, default 0.5: "
+                                                     "large near iid, small skewed), "
+                                                     "--data.partition_params.shards_per_agent 3 (label_shards, "
+                                                     "default 2)")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """[model]: what is trained, and from where it starts."""
 
-    name: str = option("lenet", "model: lenet, linear (one-vs-all squared hinge), cnn, logreg, mlp, "
-                              "least_squares, or a plugin's (the models page of the docs)")
+    name: str = option("lenet", "model: lenet, linear (one-vs-all squared hinge), cnn, logreg, mlp, least_squares, "
+                                "or a plugin's (the models page of the docs)")
     init: str = option("default", "initial parameters: default (PyTorch's per-layer init) or zero")
     params: Mapping[str, Any] = option({}, "the model's own parameters, e.g. --model.params.hidden 1000 (mlp)")
 
@@ -133,16 +130,15 @@ class ModelConfig:
 class OptimConfig:
     """[optim]: the step size eta_t of every update (mpisim.learning.schedules)."""
 
-    lr: float = option(0.01, "step size eta (at round 0 for a decaying schedule); server mode: "
-                           "w <- w - eta_t * filtered (CGE sums n-f gradients, eq 7: 0.01 there is "
-                           "about 0.1 on the mean scale); decentralized: the local step")
-    schedule: str = option("constant", "constant (eta_t = lr), inverse (lr / (1 + t / t0)), "
-                                     "power (lr (t + 1)^-p)")
-    t0: float = option(500.0, "t0 of the inverse schedule (BRIDGE's 1/(lambda (t0 + t)) is inverse "
-                            "with lr = 1/(lambda t0))")
+    lr: float = option(0.01, "step size eta (at round 0 for a decaying schedule); server mode: w <- w - eta_t * "
+                             "filtered (CGE sums n-f gradients, eq 7: 0.01 there is about 0.1 on the mean scale); "
+                             "decentralized: the local step")
+    schedule: str = option("constant", "constant (eta_t = lr), inverse (lr / (1 + t / t0)), power (lr (t + 1)^-p)")
+    t0: float = option(500.0, "t0 of the inverse schedule (BRIDGE's 1/(lambda (t0 + t)) is inverse with lr = "
+                              "1/(lambda t0))")
     power: float = option(1.0, "p of the power schedule, in (1/2, 1] (BRSGD paper, Corollary 4.1)")
-    project_radius: float = option(math.inf, "after every step, project the model onto the l2 ball of this "
-                                           "radius around 0 (Yin et al.'s W); inf: no projection")
+    project_radius: float = option(math.inf, "after every step, project the model onto the l2 ball of this radius "
+                                             "around 0 (Yin et al.'s W); inf: no projection")
 
 
 @dataclass(frozen=True)
@@ -150,8 +146,8 @@ class HostsConfig:
     """[agents] or [nodes]: how many learners there are and how many each rank hosts."""
 
     n: int = option(10, "number of agents (workers) or graph nodes")
-    per_rank: int = option(1, "agents or nodes hosted by each rank; the job needs ceil(n / per_rank) "
-                            "ranks, plus 1 for the server in server mode")
+    per_rank: int = option(1, "agents or nodes hosted by each rank; the job needs ceil(n / per_rank) ranks, plus 1 "
+                              "for the server in server mode")
 
 
 @dataclass(frozen=True)
@@ -163,10 +159,10 @@ class AggregatorConfig:
     f: int = option(1, "number of faulty agents the filter is set to tolerate")
     params: Mapping[str, Any] = option({}, "the filter's own parameters, e.g. --aggregator.params.m 2")
     pre: tuple[str, ...] = option((), "pre-aggregation steps applied in order before the filter, e.g. nnm")
-    pre_params: Mapping[str, Any] = option({}, "parameters of the pre-aggregation steps, one table per "
-                                             "step, e.g. --aggregator.pre_params.bucketing.s 3")
-    averaging: float = option(0.0, "alpha of gradient averaging h_i = alpha h_i + (1 - alpha) g_i "
-                                 "(CGE paper eq 25); 0 disables it")
+    pre_params: Mapping[str, Any] = option({}, "parameters of the pre-aggregation steps, one table per step, e.g. "
+                                               "--aggregator.pre_params.bucketing.s 3")
+    averaging: float = option(0.0, "alpha of gradient averaging h_i = alpha h_i + (1 - alpha) g_i (CGE paper eq 25); "
+                                   "0 disables it")
 
 
 @dataclass(frozen=True)

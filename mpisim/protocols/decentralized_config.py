@@ -21,8 +21,8 @@ class GraphConfig:
 
     p: float = option(0.5, "Erdős–Rényi edge probability")
     redraw: int = option(0, "draw again up to this many times when a graph fails the check (0: fail)")
-    max_reduced_graphs: int = option(200_000, "check Assumption 4 on every reduced graph when there are "
-                                            "at most this many")
+    max_reduced_graphs: int = option(200_000, "check Assumption 4 on every reduced graph when there are at most this "
+                                              "many")
     samples: int = option(2_000, "otherwise check this many random reduced graphs (0: skip)")
 
 
@@ -30,8 +30,8 @@ class GraphConfig:
 class ScreeningConfig:
     """[screening]: how a node combines its neighbours' models (BRIDGE, eq 7 and variants)."""
 
-    name: str = option("bridge_t", "bridge_t (trimmed mean, eq 7), bridge_m, bridge_k, bridge_b, "
-                                 "dgd (plain average, eq 3), local (no exchange)")
+    name: str = option("bridge_t", "bridge_t (trimmed mean, eq 7), bridge_m, bridge_k, bridge_b, dgd (plain average, "
+                                   "eq 3), local (no exchange)")
     b: int = option(2, "number of Byzantine neighbours screened out per side (BRIDGE's b)")
 
 
@@ -39,21 +39,20 @@ class ScreeningConfig:
 class LocalConfig:
     """[local]: each node's local update and its order with the exchange."""
 
-    method: str = option("gd", "local update: gd (w <- screened - eta_t grad, eta_t from [optim]) "
-                             "or adam (BRIDGE Section 5.2, learning rate eta_t from [optim])")
+    method: str = option("gd", "local update: gd (w <- screened - eta_t grad, eta_t from [optim]) or adam (BRIDGE "
+                               "Section 5.2, learning rate eta_t from [optim])")
     l2: float = option(0.0, "weight of (l2 / 2) ||w||^2 added to every node's loss (strong convexity)")
-    order: str = option("screen_then_step", "screen_then_step: screen w(t) and subtract eta_t grad f(w(t)) "
-                                          "(eq 7); step_then_screen: local step, then exchange and "
-                                          "screen (Section 5.2)")
+    order: str = option("screen_then_step", "screen_then_step: screen w(t) and subtract eta_t grad f(w(t)) (eq 7); "
+                                            "step_then_screen: local step, then exchange and screen (Section 5.2)")
 
 
 @dataclass(frozen=True)
 class NodeByzantineConfig(ByzantineConfig):
     """[byzantine] of the decentralized mode: Byzantine nodes, and whether they are two-faced."""
 
-    fault: str = option("random", "what Byzantine nodes broadcast: init_random (a fresh draw from the "
-                                "model's initialization), a message fault of the rule library "
-                                "(random, sign_flip, gaussian, nan, inf, huge, ...), or none")
+    fault: str = option("random", "what Byzantine nodes broadcast: init_random (a fresh draw from the model's "
+                                  "initialization), a message fault of the rule library (random, sign_flip, "
+                                  "gaussian, nan, inf, huge, ...), or none")
     count: int = option(2, "number of Byzantine nodes (ignored when fault is none)")
     ids: tuple[int, ...] = option((), "ids (0-based) of the Byzantine nodes; default: drawn from the seed")
     two_faced: bool = option(False, "send a different vector to each neighbour")

@@ -29,8 +29,8 @@ __all__ = ["ErmConfig", "OneRoundConfig", "validate_one_round"]
 class ErmConfig:
     """[erm]: how each worker computes its local empirical risk minimiser (one_round)."""
 
-    method: str = option("auto", "auto: the exact solution for least_squares (a linear solve), L-BFGS "
-                               "otherwise; lbfgs: L-BFGS for every model")
+    method: str = option("auto", "auto: the exact solution for least_squares (a linear solve), L-BFGS otherwise; "
+                                 "lbfgs: L-BFGS for every model")
     tol: float = option(1e-5, "L-BFGS stops once the l2 norm of the local objective's gradient is below this")
     max_iter: int = option(1000, "L-BFGS stops after this many iterations even if tol is not reached")
     l2: float = option(0.0, "weight of (l2 / 2) ||w||^2 added to every local objective")

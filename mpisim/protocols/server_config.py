@@ -32,30 +32,27 @@ __all__ = ["CompressionConfig", "ServerConfig", "ServerModeConfig", "validate_se
 class CompressionConfig:
     """[compression]: what the agents' uplink carries (Ghosh et al.; mpisim.compression)."""
 
-    codec: str = option("none", "compressor Q of every agent's message: none (float32, as without "
-                              "compression), sign, scaled_sign, topk, qsgd, or a plugin's (the codecs "
-                              "page of the docs)")
-    params: Mapping[str, Any] = option({}, "the codec's own parameters, e.g. --compression.params.k 100 "
-                                         "(topk; or ratio), --compression.params.s 4 (qsgd)")
-    side_norm: int = option(0, "q = 1 or 2: every agent sends ||g||_q beside Q(g) (4 bytes) and "
-                             "norm_threshold sorts on these sent norms (Algorithm 1); 0: no side "
-                             "norm, norm_threshold sorts on the decoded vectors' norms (Algorithm 2)")
-    error_feedback: bool = option(False, "Algorithm 3: agent i sends Q(p_i), p_i = eta_t g_i + e_i, keeps "
-                                       "e_i <- p_i - Q(p_i); the server steps by the rule's output "
-                                       "without a further step size")
-    faulty_norm: float = option(1.0, "faulty agents multiply the norm they send (the side norm, or the "
-                                   "codec's own norm field: scaled_sign, qsgd) by this; 1: truthful")
+    codec: str = option("none", "compressor Q of every agent's message: none (float32, as without compression), "
+                                "sign, scaled_sign, topk, qsgd, or a plugin's (the codecs page of the docs)")
+    params: Mapping[str, Any] = option({}, "the codec's own parameters, e.g. --compression.params.k 100 (topk; or "
+                                           "ratio), --compression.params.s 4 (qsgd)")
+    side_norm: int = option(0, "q = 1 or 2: every agent sends ||g||_q beside Q(g) (4 bytes) and norm_threshold sorts "
+                               "on these sent norms (Algorithm 1); 0: no side norm, norm_threshold sorts on the "
+                               "decoded vectors' norms (Algorithm 2)")
+    error_feedback: bool = option(False, "Algorithm 3: agent i sends Q(p_i), p_i = eta_t g_i + e_i, keeps e_i <- p_i "
+                                         "- Q(p_i); the server steps by the rule's output without a further step size")
+    faulty_norm: float = option(1.0, "faulty agents multiply the norm they send (the side norm, or the codec's own "
+                                     "norm field: scaled_sign, qsgd) by this; 1: truthful")
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """[server]: how many ranks the parameter server takes."""
 
-    ranks: int = option(1, "ranks of the parameter server (ranks 0..S-1), each owning a contiguous slice of "
-                         "d / S coordinates of the model and of every agent's message; the agents start "
-                         "at rank S")
-    threads: int = option(2, "threads of each server rank's coordinate-wise filter, over chunks of columns "
-                           "(the agents wait while it runs); every count gives the same model")
+    ranks: int = option(1, "ranks of the parameter server (ranks 0..S-1), each owning a contiguous slice of d / S "
+                           "coordinates of the model and of every agent's message; the agents start at rank S")
+    threads: int = option(2, "threads of each server rank's coordinate-wise filter, over chunks of columns (the "
+                             "agents wait while it runs); every count gives the same model")
 
 
 @dataclass(frozen=True)
