@@ -157,6 +157,24 @@ def keyword_defaults(fn: Callable, *, skip: tuple[str, ...] = ()) -> dict[str, A
     return out
 
 
+def parameter_problem(entry: Entry, params: Mapping[str, Any], *, field: str, noun: str) -> tuple[str, str] | None:
+    """(``field.KEY``, message) for a parameter ``entry`` does not take, or the one its check refuses
+    (``check(params) -> (key, message) | None`` on the defaults updated with ``params``); None when
+    all are fine. ``noun`` names the kind in the message ("data set", "partition")."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(entry.params))
+    if unknown:
+        accepted = ", ".join(f"{k}={v!r}" for k, v in entry.params.items()) or "none"
+        return (f"{field}.{unknown[0]}",
+                f"{noun} {entry.name!r} has no parameter {', '.join(map(repr, unknown))}; accepted: {accepted}")
+    if entry.check is not None:
+        problem = entry.check({**entry.params, **params})
+        if problem is not None:
+            key, message = problem
+            return f"{field}.{key}", message
+    return None
+
+
 def first_line(fn: Callable) -> str:
     """The first line of ``fn``'s docstring (an entry's description when none is given)."""
     doc = inspect.getdoc(fn) or ""

@@ -176,19 +176,7 @@ def check_params(name: str, params: Mapping[str, Any] | None) -> tuple[str, str]
     """
     if name not in REGISTRY:
         return "data.name", f"unknown data set {name!r}; known: {', '.join(REGISTRY)}"
-    spec = REGISTRY[name]
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(spec.params))
-    if unknown:
-        accepted = ", ".join(f"{k}={v!r}" for k, v in spec.params.items()) or "none"
-        return (f"data.params.{unknown[0]}",
-                f"data set {name!r} has no parameter {', '.join(map(repr, unknown))}; accepted: {accepted}")
-    if spec.check is not None:
-        problem = spec.check({**spec.params, **params})
-        if problem is not None:
-            key, message = problem
-            return f"data.params.{key}", message
-    return None
+    return registry.parameter_problem(REGISTRY.entry(name), params, field="data.params", noun="data set")
 
 
 def _resolved(spec: Spec, params: Mapping[str, Any] | None) -> dict[str, Any]:

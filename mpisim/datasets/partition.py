@@ -103,19 +103,8 @@ def check_params(name: str, params: Mapping[str, Any] | None) -> tuple[str, str]
     """
     if name not in PARTITIONS:
         return "data.partition", PARTITIONS.unknown(name)
-    entry = PARTITIONS.entry(name)
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(entry.params))
-    if unknown:
-        accepted = ", ".join(f"{k}={v!r}" for k, v in entry.params.items()) or "none"
-        return (f"data.partition_params.{unknown[0]}",
-                f"partition {name!r} has no parameter {', '.join(map(repr, unknown))}; accepted: {accepted}")
-    if entry.check is not None:
-        problem = entry.check({**entry.params, **params})
-        if problem is not None:
-            key, message = problem
-            return f"data.partition_params.{key}", message
-    return None
+    return registry.parameter_problem(PARTITIONS.entry(name), params, field="data.partition_params",
+                                      noun="partition")
 
 
 def partition(name: str, *, num_samples: int, labels: np.ndarray | None, num_agents: int, seed: int,
