@@ -118,7 +118,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """[model]: what is trained, and from where it starts."""
+    """[model]: what is trained, and from where it starts (every rank builds it from the run's seed,
+    so all start from one model)."""
 
     name: str = option("lenet", "model: lenet, linear (one-vs-all squared hinge), cnn, logreg, mlp, least_squares, "
                                 "or a plugin's (the models page of the docs)")
