@@ -2,7 +2,7 @@
 
     mpiexec -n <S + 3> python tests/sharded_runs.py OUT_DIR S
 
-Run by tests/test_sharded_server.py with S = 1, 2 and 3; each setting is a
+Run by tests/protocols/test_sharded_server.py with S = 1, 2 and 3; each setting is a
 call of the server mode's entry point (``python -m mpisim.server_mode``)
 with ``--server.ranks S`` and writes OUT_DIR/<setting>/model.npy.
 """

@@ -120,3 +120,12 @@ def test_the_server_and_agent_rounds_do_not_branch_on_the_transport(cls):
             assert not names & transport_words, f"{cls}.step branches on {sorted(names & transport_words)}"
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id != "isinstance", f"{cls}.step asks for a type"
+
+
+def test_the_tests_are_laid_out_like_the_package():
+    tests = Path(__file__).resolve().parent
+    folders = {p.relative_to(tests) for p in tests.rglob("*") if p.is_dir() and "__pycache__" not in p.parts}
+    assert {Path("rules"), Path("protocols"), Path("datasets")} <= folders
+    # tests/mpi/collectives runs inside mpiexec (pytest-mpi): the MPI layer's own collectives
+    for folder in folders - {Path("mpi/collectives")}:
+        assert (PACKAGE / folder / "__init__.py").exists(), f"tests/{folder} mirrors no package of mpisim"

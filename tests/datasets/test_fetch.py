@@ -29,7 +29,7 @@ from mpisim.datasets import fetch
 # Each test talks to a server thread: never let one hang the suite.
 pytestmark = pytest.mark.timeout(300)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MNIST_FILES = [remote.name for remote in fetch.SOURCES["mnist"].files]
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.processes
 @pytest.mark.parametrize("mode", ["polled", "blocking"])
 def test_collectives_pass_on_four_ranks(mpirun, mode):
     result = mpirun(4, ["-m", "pytest", "--with-mpi", "-q", "-p", "no:cacheprovider",
-                        str(ROOT / "tests" / "collectives")], timeout=180, env={"MPISIM_COLLECTIVES": mode})
+                        str(ROOT / "tests" / "mpi" / "collectives")], timeout=180, env={"MPISIM_COLLECTIVES": mode})
 
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "31 passed" in result.stdout
