@@ -469,14 +469,21 @@ def assert_labelled(log: str) -> None:
 
 @pytest.mark.timeout(240)
 def test_one_run_completes_under_sbatch_with_its_ranks_from_the_allocation(slurm):
-    out_dir = slurm.dir / "one"
+    # with a user's plugin, which the batch script carries to every rank like any other option
+    out_dir, plugin = slurm.dir / "one", slurm.dir / "halving.py"
+    plugin.write_text("from mpisim import register\n\n\n"
+                      "@register.rule('halved_mean_t', coordinatewise=True)\n"
+                      "def halved_mean(x, *, f):\n"
+                      "    return 0.5 * x.mean(dim=0)\n")
     result, job = sbatch(slurm, "--wait", "--ntasks=3", f"--output={slurm.dir}/one-%j.out",
-                         str(SLURM / "server_mode.sbatch"), *TINY, env={"MPISIM_OUT_DIR": str(out_dir)})
+                         str(SLURM / "server_mode.sbatch"), *TINY, "--run.plugins", str(plugin),
+                         "--aggregator.name", "halved_mean_t", env={"MPISIM_OUT_DIR": str(out_dir)})
 
     log = (slurm.dir / f"one-{job}.out").read_text()
     assert result.returncode == 0, log + result.stderr
     summary = json.loads((out_dir / f"slurm-{job}" / "summary.json").read_text())
     assert summary["world_size"] == 3 and summary["rounds"] == 3
+    assert summary["aggregator"] == "halved_mean_t" and summary["plugins"][0]["file"] == str(plugin)
     assert "srun --label --mpi=pmi2 -n 3" in log
     assert_labelled(log)
 
