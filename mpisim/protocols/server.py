@@ -359,6 +359,33 @@ class Coalition:
         load_generator_states(self.rngs, state["rngs"])
 
 
+class Momentum:
+    """Worker momentum (Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust
+    Optimization", ICML 2021, in the form ByzFL 0.0.11 uses): every hosted agent keeps
+    m_t = beta m_(t-1) + (1 - beta) x_t from m_0 = 0 and sends m_t instead of x_t.
+
+    One (a, d) block for the rank's a agents, updated in place; each agent's row is its
+    ``memory["momentum"]`` (a view), so checkpoints save and restore it with the agent. The faulty
+    agents keep one too: a data fault follows the protocol on its corrupted labels, momentum
+    included, and a message fault then acts on what the agent would have sent.
+    """
+
+    def __init__(self, beta: float, agents: list[Agent], d: int):
+        self.beta = beta
+        self.block = torch.zeros((len(agents), d))
+        for j, agent in enumerate(agents):
+            agent.memory["momentum"] = self.block[j]
+
+    @classmethod
+    def build(cls, beta: float, agents: list[Agent], d: int) -> Momentum | None:
+        return cls(beta, agents, d) if beta else None
+
+    def apply(self, rows: torch.Tensor) -> None:
+        """rows <- m = beta m + (1 - beta) rows, for the rank's (a, d) rows."""
+        self.block.mul_(self.beta).add_(rows, alpha=1.0 - self.beta)
+        rows.copy_(self.block)
+
+
 class AgentHost(driver.Role):
     """An agent rank: receive w, compute its agents' gradients, (attack,) send them.
 
@@ -399,6 +426,11 @@ class AgentHost(driver.Role):
                                           step_size=self.step_size) if compressed else None)
         self.ballot = np.empty(-(-self.model.d // 8), dtype=np.uint8)
         self.round = 0
+        agents = cfg.agents
+        self.local_steps = getattr(agents, "local_steps", 1)  # the one-round algorithm's workers take none
+        self.local_lr = ((lambda t: agents.local_lr) if getattr(agents, "local_lr", 0.0)
+                         else step_sizes(cfg) if self.local_steps > 1 else None)
+        self.momentum = Momentum.build(getattr(agents, "momentum", 0.0), list(self.agents.values()), self.model.d)
         # Rule-aware attacks get the round's context (the server's pipeline, the model, eta_t).
         self.pipeline = (attacks.pipeline(cfg, seed) if self.attack is not None and self.attack.wants_ctx
                          else None)
@@ -444,10 +476,35 @@ class AgentHost(driver.Role):
         return batches
 
     def compute(self) -> None:
-        """Fill the send buffer with the hosted agents' true messages: their gradients at w."""
-        losses = self.model.gradients(self._batches(), self.send_rows)
+        """Fill the send buffer with the hosted agents' true messages: their gradients at w (or their
+        pseudo-gradients after local steps), through their momentum if any."""
+        if self.local_steps == 1:
+            losses = self.model.gradients(self._batches(), self.send_rows)
+        else:
+            losses = self._local_steps()
         for agent, loss in zip(self.agents.values(), losses):
             agent.losses.add(loss)
+        if self.momentum is not None:
+            self.momentum.apply(self.send_rows)
+
+    def _local_steps(self) -> np.ndarray:
+        """K local SGD steps of every hosted agent from the broadcast w, each on fresh batches (data
+        faults in every step); the rows become (w - w_K) / (K lr). The losses are those at w."""
+        steps, lr = self.local_steps, self.local_lr(self.round - 1)
+        start = self.model.flat.clone()
+        local = start.expand(len(self.ids), -1).clone()  # row j: agent j's model
+        losses = np.empty(len(self.ids))
+        for k in range(steps):
+            batches = self._batches()
+            for j, batch in enumerate(batches):
+                self.model.flat.copy_(local[j])
+                loss = self.model.gradients([batch], self.send_rows[j:j + 1])[0]
+                if k == 0:
+                    losses[j] = loss
+            local.sub_(self.send_rows, alpha=lr)
+        torch.sub(start, local, out=self.send_rows).div_(steps * lr)
+        self.model.flat.copy_(start)
+        return losses
 
     def _corrupt(self) -> None:
         if self.coalition is not None:

@@ -24,8 +24,8 @@ from ..config import (
     require,
 )
 
-__all__ = ["CompressionConfig", "ServerConfig", "ServerModeConfig", "validate_server_mode", "server_ranks",
-           "validate_server_and_agents", "model_size"]
+__all__ = ["AgentsConfig", "CompressionConfig", "ServerConfig", "ServerModeConfig", "validate_server_mode",
+           "server_ranks", "validate_server_and_agents", "model_size"]
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,22 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AgentsConfig(HostsConfig):
+    """[agents] of the server mode: how many, how they are packed, and what each computes before it sends."""
+
+    momentum: float = option(0.0, "beta in [0, 1): every agent sends m_t = beta m_(t-1) + (1 - beta) g_t, m_0 = 0, "
+                                  "instead of its gradient g_t (worker momentum, Karimireddy, He, Jaggi, ICML "
+                                  "2021); 0: the gradient itself")
+    local_steps: int = option(1, "K >= 1 local SGD steps on fresh batches from the broadcast model w; the agent "
+                                 "sends (w - w_K) / (K local_lr), so that 1 is the gradient")
+    local_lr: float = option(0.0, "step size of the local steps; 0: the round's eta_t")
+
+
+@dataclass(frozen=True)
 class ServerModeConfig(RunSections):
     """Configuration of ``python -m mpisim.server_mode``."""
 
-    agents: HostsConfig = field(default_factory=HostsConfig)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
@@ -69,6 +81,12 @@ class ServerModeConfig(RunSections):
 
 def validate_server_mode(cfg: ServerModeConfig, world_size: int | None) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (None: skip the rank count)."""
+    agents = cfg.agents
+    require(math.isfinite(agents.momentum) and 0.0 <= agents.momentum < 1.0, "agents.momentum",
+            f"beta must be in [0, 1), got {agents.momentum}")
+    require(agents.local_steps >= 1, "agents.local_steps", f"must be >= 1, got {agents.local_steps}")
+    require(math.isfinite(agents.local_lr) and agents.local_lr >= 0, "agents.local_lr",
+            f"must be >= 0 (0: the round's step size), got {agents.local_lr}")
     validate_server_and_agents(cfg, world_size)
     _validate_compression(cfg)
     _validate_sharding(cfg)
@@ -177,4 +195,4 @@ def validate_server_and_agents(cfg, world_size: int | None) -> None:
             f"alpha must be in [0, 1), got {agg.averaging}")
     config.validate_aggregator(agg, n)
     config.validate_byzantine(cfg.byzantine, n, noun="agents", usable=tuple(attacks.REGISTRY),
-                        data_kind=config.data_kind(cfg))
+                              data_kind=config.data_kind(cfg))

@@ -32,6 +32,9 @@ CASES = {
     "server, qsgd + error feedback": [*SERVER, "--aggregator.name", "norm_threshold",
                                       "--compression.codec", "qsgd", "--compression.params.s", "4",
                                       "--compression.error_feedback", "true"],
+    # the agents' momentum memories, with local steps (issue 19)
+    "server, momentum + local steps": [*SERVER, "--aggregator.name", "cwtm", "--agents.momentum", "0.9",
+                                       "--agents.local_steps", "3", "--agents.local_lr", "0.05"],
     # a server of two ranks: each saves and restores its slice of the model and of the averaging memory
     "server, sharded": [*SERVER, "--aggregator.name", "krum", "--aggregator.averaging", "0.3",
                         "--server.ranks", "2"],
