@@ -22,6 +22,7 @@ GRAPH = 6          # decentralized mode: the communication graph
 DATA = 7           # generated data sets (synthetic regression)
 COMPRESS = 8       # an agent's stochastic compressor (QSGD's rounding)
 ATTACK_PIPELINE = 9  # a rule-aware attack's copy of the server's pipeline (bucketing's shuffle), per round
+SAMPLE = 10         # which agents take part in a round (agents.sample), per round
 
 
 def numpy_generator(seed: int, *key: int) -> np.random.Generator:

@@ -91,6 +91,10 @@ class Role:
         """What this rank adds to its entry of summary.json's per-rank report (small)."""
         return {}
 
+    def record_extra(self) -> dict:
+        """Fields rank 0's role adds to each metrics record (small; e.g. what was sampled since the last)."""
+        return {}
+
     def summary(self, final: dict, diverged: bool) -> dict:
         """The protocol's fields of summary.json, on rank 0."""
         return {}
@@ -573,7 +577,7 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
         total = sum(r[1][0] for r in reports)
         count = sum(r[1][1] for r in reports)
         line = {"round": t, "time": time.perf_counter() - clock,
-                "train_loss": total / count if count else None, **tested,
+                "train_loss": total / count if count else None, **tested, **role.record_extra(),
                 "bytes": bytes_by_role([(r[0], r[2]) for r in reports], adversary=adversary)}
         log.log(line)
         return line

@@ -144,6 +144,45 @@ def describe_final(final: dict, test_samples: int) -> str:
 # ---------------------------------------------------------------- server
 
 
+class Participation:
+    """Which agents take part in round t (``agents.sample``): all of them, or m drawn without
+    replacement from the stream (SAMPLE, t) of the run's seed. The draw is a function of the seed
+    and the round alone, so every rank knows it without a message, and a resumed run draws the same.
+    """
+
+    def __init__(self, seed: int, placement: Placement, sample: int = 0):
+        self.seed, self.placement = seed, placement
+        self.n = placement.n
+        self.m = sample or placement.n
+        self.everyone = np.arange(self.n)
+        self._round, self._drawn = None, self.everyone
+
+    @property
+    def partial(self) -> bool:
+        return self.m < self.n
+
+    def drawn(self, t: int) -> np.ndarray:
+        """The agents of round t, sorted."""
+        if self.partial and t != self._round:
+            rng = seeding.numpy_generator(self.seed, seeding.SAMPLE, t)
+            self._round, self._drawn = t, np.sort(rng.choice(self.n, self.m, replace=False))
+        return self._drawn
+
+    def counts(self, t: int) -> list[int]:
+        """Rows each rank of the job sends in round t (rank 0 first)."""
+        if not self.partial:
+            return self.placement.counts()
+        per_rank = np.bincount(self.drawn(t) // self.placement.per_rank, minlength=self.placement.num_ranks)
+        return [0] * self.placement.first + per_rank.tolist()
+
+    def hosted(self, t: int, ids: list[int]) -> list[int]:
+        """Positions, among a rank's hosted ``ids``, of the agents of round t."""
+        if not self.partial:
+            return list(range(len(ids)))
+        drawn = set(self.drawn(t).tolist())
+        return [j for j, i in enumerate(ids) if i in drawn]
+
+
 class ServerRole(driver.Role):
     """Rank 0 (ranks 0..S-1 when sharded): send the model, gather, filter, step; evaluate.
 
@@ -186,6 +225,9 @@ class ServerRole(driver.Role):
         self.advance = self.stepper(cfg)
         self.before, self.after = self.downlink(cfg)
         self.whole = True  # whether rank 0's copy of the model is current in every slice
+        self.participation = Participation(cfg.run.seed, plan.placement, getattr(cfg.agents, "sample", 0))
+        self.byzantine = np.array(plan.byzantine, dtype=np.int64)
+        self.drawn_byzantine: list[int] = []  # per round since the last record (agents.sample)
 
     def downlink(self, cfg):
         """(before the gather, after the step): the model goes out at the start of every round;
@@ -220,15 +262,25 @@ class ServerRole(driver.Role):
         self.whole = self.transport.whole
         self.before()
         with timer("gather"):
-            self.transport.collect(self.inbox, self.traffic)
+            rows = self.transport.collect(self.inbox, self.traffic, self.participation.counts(t))
+        block = self.gradients if self.uplink is not None else torch.from_numpy(rows)
         if self.uplink is not None:
             with timer("decode"):
                 self.uplink.decode(self.gradients)
+        if self.participation.partial:
+            self.drawn_byzantine.append(int(np.isin(self.participation.drawn(t), self.byzantine).sum()))
         with timer("filter"):
-            filtered = self.state.filter(self.gradients, self.rule)
+            filtered = self.state.filter(block, self.rule)
         with timer("step"):
             self.advance(filtered, t)
         self.after(filtered)
+
+    def record_extra(self) -> dict:
+        """With sampled agents, how many Byzantine agents were drawn in each round since the last record."""
+        if not self.participation.partial:
+            return {}
+        drawn, self.drawn_byzantine = self.drawn_byzantine, []
+        return {"byzantine_drawn": drawn}
 
     def _gather_whole(self) -> None:
         """Give rank 0 every slice of the current model, unless it has them (the server ranks call it
@@ -277,10 +329,11 @@ class ServerRole(driver.Role):
         return hint
 
     def state_dict(self) -> dict:
-        return {"server": self.state.state_dict()}
+        return {"server": self.state.state_dict(), "drawn_byzantine": list(self.drawn_byzantine)}
 
     def load_state_dict(self, state: dict) -> None:
         self.state.load_state_dict(state["server"])
+        self.drawn_byzantine = list(state.get("drawn_byzantine", []))
         self.whole = self.transport.whole  # a sharded server rank's file holds its own slice only
 
 
@@ -315,42 +368,50 @@ class Coalition:
     """
 
     def __init__(self, agents_comm: mpi.Comm, cfg: ServerModeConfig, plan: ServerPlan, attack,
-                 rank: int):
+                 rank: int, participation: Participation):
         self.comm, self.attack, self.plan = agents_comm, attack, plan
         self.params = dict(cfg.byzantine.params)
-        placement = plan.placement
-        agent_ranks = range(placement.first, placement.world_size)
-        self.rows = [len(placement.ids_of(r)) for r in agent_ranks]
-        self.faulty_rows = [sum(i in plan.byzantine for i in placement.ids_of(r)) for r in agent_ranks]
-        self.leader = placement.rank_of(plan.byzantine[0]) - placement.first
+        self.participation, self.ids = participation, list(plan.placement.ids_of(rank))
+        self.leader = plan.placement.rank_of(plan.byzantine[0]) - plan.placement.first
         self.is_leader = agents_comm.Get_rank() == self.leader
-        self.local = [j for j, i in enumerate(placement.ids_of(rank)) if i in plan.byzantine]
         self.rngs = ({i: seeding.torch_generator(cfg.run.seed, seeding.ATTACK, i) for i in plan.byzantine}
                      if self.is_leader else {})
         self.everyone = None
-        self.received = None
+        self.byzantine = set(plan.byzantine)
 
-    def corrupt(self, send: np.ndarray, traffic: mpi.Traffic, extra: dict | None = None) -> None:
-        """Replace the faulty agents' rows of ``send`` by their messages (every agent rank calls it);
-        ``extra``: keywords for the attack besides its interface (a rule-aware attack's ``ctx``)."""
-        d = send.shape[1]
+    def corrupt(self, send: np.ndarray, traffic: mpi.Traffic, t: int, extra: dict | None = None) -> None:
+        """Replace the faulty agents' rows of ``send`` (the first rows: those of the agents of round t,
+        in order) by their messages; every agent rank calls it. The coalition sees the agents of the
+        round only. ``extra``: keywords for the attack besides its interface (a rule-aware attack's ``ctx``)."""
+        d, first = send.shape[1], self.plan.placement.first
+        placement = self.plan.placement
+        drawn = self.participation.drawn(t)
+        faulty = drawn[np.isin(drawn, self.plan.byzantine)]
+        rows = self.participation.counts(t)[first:]
+        faulty_rows = np.bincount(faulty // placement.per_rank, minlength=placement.num_ranks).tolist()
+        drawn = drawn.tolist()
+        mine = [self.ids[j] for j in self.participation.hosted(t, self.ids)]
+        local = [p for p, i in enumerate(mine) if i in self.byzantine]
         if self.is_leader and (self.everyone is None or self.everyone.shape[1] != d):
             self.everyone = np.empty((self.plan.placement.n, d), dtype=np.float32)
-        mpi.gatherv_rows(self.comm, send, self.everyone if self.is_leader else None,
-                         rows_per_rank=self.rows, root=self.leader, traffic=traffic, category="adversary")
+        gathered = self.everyone[:len(drawn)] if self.is_leader else None
+        mpi.gatherv_rows(self.comm, send[:len(mine)], gathered, rows_per_rank=rows, root=self.leader,
+                         traffic=traffic, category="adversary")
         messages = None
         if self.is_leader:
-            everyone = torch.from_numpy(self.everyone)
-            byz, honest = list(self.plan.byzantine), list(self.plan.honest)
-            messages = self.attack.fn(everyone[byz], honest=everyone[honest], f=len(byz),
-                                      rngs=[self.rngs[i] for i in byz], **self.params, **(extra or {}))
-            messages = np.ascontiguousarray(messages.numpy(), dtype=np.float32)
-        if self.received is None or self.received.shape[1] != d:
-            self.received = np.empty((len(self.local), d), dtype=np.float32)
-        mpi.scatterv_rows(self.comm, messages, self.received, rows_per_rank=self.faulty_rows,
-                          root=self.leader, traffic=traffic, category="adversary")
-        if self.local:
-            send[self.local] = self.received
+            everyone = torch.from_numpy(gathered)
+            byz = [p for p, i in enumerate(drawn) if i in self.byzantine]
+            honest = [p for p, i in enumerate(drawn) if i not in self.byzantine]
+            messages = np.empty((0, d), dtype=np.float32)
+            if byz:
+                messages = self.attack.fn(everyone[byz], honest=everyone[honest], f=len(byz),
+                                          rngs=[self.rngs[drawn[p]] for p in byz], **self.params, **(extra or {}))
+                messages = np.ascontiguousarray(messages.numpy(), dtype=np.float32)
+        received = np.empty((len(local), d), dtype=np.float32)
+        mpi.scatterv_rows(self.comm, messages, received, rows_per_rank=faulty_rows, root=self.leader,
+                          traffic=traffic, category="adversary")
+        if local:
+            send[local] = received
 
     def state_dict(self) -> dict:
         return {"rngs": generator_states(self.rngs)}
@@ -380,10 +441,17 @@ class Momentum:
     def build(cls, beta: float, agents: list[Agent], d: int) -> Momentum | None:
         return cls(beta, agents, d) if beta else None
 
-    def apply(self, rows: torch.Tensor) -> None:
-        """rows <- m = beta m + (1 - beta) rows, for the rank's (a, d) rows."""
-        self.block.mul_(self.beta).add_(rows, alpha=1.0 - self.beta)
-        rows.copy_(self.block)
+    def apply(self, rows: torch.Tensor, active: list[int]) -> None:
+        """rows <- m = beta m + (1 - beta) rows: ``rows`` are those of the hosted agents at positions
+        ``active`` (all of them, or this round's sample; the others' memories stay as they are)."""
+        if len(active) == len(self.block):
+            self.block.mul_(self.beta).add_(rows, alpha=1.0 - self.beta)
+            rows.copy_(self.block)
+            return
+        index = torch.tensor(active, dtype=torch.long)
+        memory = self.block[index].mul_(self.beta).add_(rows, alpha=1.0 - self.beta)
+        self.block[index] = memory
+        rows.copy_(memory)
 
 
 class AgentHost(driver.Role):
@@ -414,9 +482,10 @@ class AgentHost(driver.Role):
         self.attack = attacks.REGISTRY.get(cfg.byzantine.fault) if plan.byzantine else None
         self.params = dict(cfg.byzantine.params)
         omniscient = self.attack is not None and self.attack.kind == "message" and self.attack.omniscient
-        self.coalition = Coalition(agents_comm, cfg, plan, self.attack, rank) if omniscient else None
-        # Rows of the send buffer of this rank's faulty agents, for faults run here.
-        self.local_faulty = [j for j, i in enumerate(self.ids) if i in plan.byzantine]
+        self.participation = Participation(seed, plan.placement, getattr(cfg.agents, "sample", 0))
+        self.active = list(range(len(self.ids)))  # positions of this round's agents among the hosted ones
+        self.coalition = (Coalition(agents_comm, cfg, plan, self.attack, rank, self.participation)
+                          if omniscient else None)
         self.before, self.after = self.downlink(cfg)
         self.vote = self.after == self._receive_vote  # this rank steps a replica of the model
         compressed = uplink.active(cfg)
@@ -463,61 +532,72 @@ class AgentHost(driver.Role):
             vote = compression.unpack_signs(self.ballot[None], self.model.d)[0]
             take_step(self.model.flat, vote, self.step_size(t - 1), self.cfg.optim.project_radius)
 
+    def _round_agents(self) -> list[Agent]:
+        """The hosted agents of this round, in order (all of them without ``agents.sample``)."""
+        return [self.agents[self.ids[j]] for j in self.active]
+
     def _batches(self, whole: bool = False) -> list:
-        """Every hosted agent's batch (its whole shard if ``whole``), labels corrupted for
-        the faulty agents when the fault is a data fault."""
-        batches = [agent.sampler.all() if whole else agent.sampler.batch() for agent in self.agents.values()]
+        """The batch of every hosted agent of the round (its whole shard if ``whole``), labels
+        corrupted for the faulty agents when the fault is a data fault."""
+        agents = self._round_agents()
+        batches = [agent.sampler.all() if whole else agent.sampler.batch() for agent in agents]
         if self.attack is not None and self.attack.kind == "data":
-            for j in self.local_faulty:
-                x, y = batches[j]
-                agent = self.agents[self.ids[j]]
-                batches[j] = (x, self.attack.fn(y, num_classes=self.num_classes, rng=agent.fault_rng,
-                                                **self.params, **self.extra()))
+            for p, agent in enumerate(agents):
+                if agent.faulty:
+                    x, y = batches[p]
+                    batches[p] = (x, self.attack.fn(y, num_classes=self.num_classes, rng=agent.fault_rng,
+                                                    **self.params, **self.extra()))
         return batches
 
     def compute(self) -> None:
         """Fill the send buffer with the hosted agents' true messages: their gradients at w (or their
         pseudo-gradients after local steps), through their momentum if any."""
+        rows = self.send_rows[:len(self.active)]
         if self.local_steps == 1:
-            losses = self.model.gradients(self._batches(), self.send_rows)
+            losses = self.model.gradients(self._batches(), rows)
         else:
-            losses = self._local_steps()
-        for agent, loss in zip(self.agents.values(), losses):
+            losses = self._local_steps(rows)
+        for agent, loss in zip(self._round_agents(), losses):
             agent.losses.add(loss)
         if self.momentum is not None:
-            self.momentum.apply(self.send_rows)
+            self.momentum.apply(rows, self.active)
 
-    def _local_steps(self) -> np.ndarray:
-        """K local SGD steps of every hosted agent from the broadcast w, each on fresh batches (data
-        faults in every step); the rows become (w - w_K) / (K lr). The losses are those at w."""
+    def _local_steps(self, rows: torch.Tensor) -> np.ndarray:
+        """K local SGD steps of every agent of the round from the broadcast w, each on fresh batches
+        (data faults in every step); ``rows`` become (w - w_K) / (K lr). The losses are those at w."""
         steps, lr = self.local_steps, self.local_lr(self.round - 1)
         start = self.model.flat.clone()
-        local = start.expand(len(self.ids), -1).clone()  # row j: agent j's model
-        losses = np.empty(len(self.ids))
+        local = start.expand(len(rows), -1).clone()  # row j: agent j's model
+        losses = np.empty(len(rows))
         for k in range(steps):
-            batches = self._batches()
-            for j, batch in enumerate(batches):
+            for j, batch in enumerate(self._batches()):
                 self.model.flat.copy_(local[j])
-                loss = self.model.gradients([batch], self.send_rows[j:j + 1])[0]
+                loss = self.model.gradients([batch], rows[j:j + 1])[0]
                 if k == 0:
                     losses[j] = loss
-            local.sub_(self.send_rows, alpha=lr)
-        torch.sub(start, local, out=self.send_rows).div_(steps * lr)
+            local.sub_(rows, alpha=lr)
+        torch.sub(start, local, out=rows).div_(steps * lr)
         self.model.flat.copy_(start)
         return losses
 
     def _corrupt(self) -> None:
         if self.coalition is not None:
-            self.coalition.corrupt(self.send, self.traffic, self.extra())
-        elif self.attack is not None and self.attack.kind == "message" and self.local_faulty:
-            own = torch.from_numpy(self.send[self.local_faulty])
-            rngs = [self.agents[self.ids[j]].fault_rng for j in self.local_faulty]
-            self.send[self.local_faulty] = self.attack.fn(own, honest=None, f=len(self.plan.byzantine),
-                                                          rngs=rngs, **self.params, **self.extra()).numpy()
+            self.coalition.corrupt(self.send, self.traffic, self.round, self.extra())
+            return
+        if self.attack is None or self.attack.kind != "message":
+            return
+        agents = self._round_agents()
+        faulty = [p for p, agent in enumerate(agents) if agent.faulty]  # rows of this round's faulty agents
+        if faulty:
+            own = torch.from_numpy(self.send[faulty])
+            rngs = [agents[p].fault_rng for p in faulty]
+            self.send[faulty] = self.attack.fn(own, honest=None, f=len(self.plan.byzantine), rngs=rngs,
+                                               **self.params, **self.extra()).numpy()
 
     def step(self, t: int) -> None:
         timer = self.timer
         self.round = t
+        self.active = self.participation.hosted(t, self.ids)
         self.before()
         with timer("compute"):
             self.compute()
@@ -528,7 +608,7 @@ class AgentHost(driver.Role):
             with timer("encode"):
                 send = self.uplink.encode(self.send_rows, t)
         with timer("gather"):
-            self.transport.collect(send, self.traffic)
+            self.transport.collect(send, self.traffic, self.participation.counts(t))
         self.after(t)
 
     def train_loss(self) -> tuple[float, int]:

@@ -65,6 +65,9 @@ class AgentsConfig(HostsConfig):
     local_steps: int = option(1, "K >= 1 local SGD steps on fresh batches from the broadcast model w; the agent "
                                  "sends (w - w_K) / (K local_lr), so that 1 is the gradient")
     local_lr: float = option(0.0, "step size of the local steps; 0: the round's eta_t")
+    sample: int = option(0, "m agents take part in each round, drawn without replacement from the seed and the "
+                            "round alone; only they compute and send, and the rule runs on their m rows with "
+                            "aggregator.f; 0: all n")
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,27 @@ def validate_server_mode(cfg: ServerModeConfig, world_size: int | None) -> None:
     require(math.isfinite(agents.local_lr) and agents.local_lr >= 0, "agents.local_lr",
             f"must be >= 0 (0: the round's step size), got {agents.local_lr}")
     validate_server_and_agents(cfg, world_size)
+    _validate_sample(cfg)
     _validate_compression(cfg)
     _validate_sharding(cfg)
+
+
+def _validate_sample(cfg: ServerModeConfig) -> None:
+    """agents.sample: a count the rule can run on with aggregator.f, and what sampling cannot do yet."""
+    from ..rules import aggregators
+
+    m, n, agg = cfg.agents.sample, cfg.agents.n, cfg.aggregator
+    require(0 <= m <= n, "agents.sample", f"must be in [1, agents.n = {n}] (0: all agents), got {m}")
+    if m in (0, n):
+        return
+    message = aggregators.check_pipeline(agg.name, m, agg.f, params=dict(agg.params), pre=agg.pre,
+                                         pre_params={k: dict(v) for k, v in agg.pre_params.items()})
+    require(message is None, "agents.sample", f"the rule runs on the {m} sampled agents' rows: {message}")
+    require(agg.averaging == 0, "agents.sample", "gradient averaging (aggregator.averaging) keeps a row per "
+                                                 "agent, which a sampled round does not fill: use one or the other")
+    c = cfg.compression
+    require(c.codec == "none" and not c.side_norm and not c.error_feedback and c.faulty_norm == 1.0,
+            "agents.sample", "compressed uplinks ([compression]) with sampled agents are not supported yet")
 
 
 def server_ranks(cfg) -> int:

@@ -70,8 +70,11 @@ class Transport:
         """The server's model into every agent rank's ``flat``."""
         raise NotImplementedError
 
-    def collect(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
-        """Agent ranks' outboxes into the server's inbox (``rows`` is whichever this rank has)."""
+    def collect(self, rows: np.ndarray, traffic: mpi.Traffic, counts: list[int] | None = None) -> np.ndarray | None:
+        """Agent ranks' rows into the server's inbox; on the server, the (m, width) rows received, in agent
+        order (None on the agents). ``rows`` is whichever this rank has: the server's inbox, or an agent
+        rank's outbox whose first ``counts[rank]`` rows are sent. ``counts``: the rows of every rank this
+        round (default: every hosted agent's, the whole outbox)."""
         raise NotImplementedError
 
     def share_ballot(self, buf: np.ndarray, traffic: mpi.Traffic) -> None:
@@ -103,13 +106,17 @@ class Collectives(Transport):
     def share_model(self, flat: np.ndarray, traffic: mpi.Traffic) -> None:
         mpi.bcast(self.world, flat, root=SERVER, traffic=traffic)
 
-    def collect(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
+    def collect(self, rows: np.ndarray, traffic: mpi.Traffic, counts: list[int] | None = None) -> np.ndarray | None:
+        counts = self.counts if counts is None else counts
         if self.is_server:
             key = (rows.shape[1], rows.dtype.str)
             nothing = self._nothing.setdefault(key, np.empty((0, rows.shape[1]), dtype=rows.dtype))
-            mpi.gatherv_rows(self.world, nothing, rows, rows_per_rank=self.counts, root=SERVER, traffic=traffic)
-        else:
-            mpi.gatherv_rows(self.world, rows, None, rows_per_rank=self.counts, root=SERVER, traffic=traffic)
+            received = rows[:sum(counts)]
+            mpi.gatherv_rows(self.world, nothing, received, rows_per_rank=counts, root=SERVER, traffic=traffic)
+            return received
+        mpi.gatherv_rows(self.world, rows[:counts[self.rank]], None, rows_per_rank=counts, root=SERVER,
+                         traffic=traffic)
+        return None
 
     def share_ballot(self, buf: np.ndarray, traffic: mpi.Traffic) -> None:
         mpi.bcast(self.world, buf, root=SERVER, traffic=traffic)
@@ -160,13 +167,23 @@ class SharedWindows(Transport):
             np.copyto(flat, self.model.array)
             traffic.count("protocol", received=flat.nbytes)
 
-    def collect(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
+    def collect(self, rows: np.ndarray, traffic: mpi.Traffic, counts: list[int] | None = None) -> np.ndarray | None:
+        # An agent rank's k rows this round are the first k of its rows of the block; the server takes
+        # them where they lie (a copy only when some agents sent nothing).
+        width = rows.shape[1] * rows.itemsize
         if self.is_server:
             self.block.wait_for(self.agent_ranks)
-            traffic.count("protocol", received=rows.nbytes)
-        else:
-            self.block.tell([SERVER])
-            traffic.count("protocol", sent=rows.nbytes)
+            if counts is None or sum(counts) == self.n:
+                traffic.count("protocol", received=rows.nbytes)
+                return rows
+            first = self.plan.placement.ids_of
+            index = np.concatenate([np.arange(first(r).start, first(r).start + k) for r, k in enumerate(counts) if k]
+                                   or [np.empty(0, dtype=np.int64)])
+            traffic.count("protocol", received=len(index) * width)
+            return rows[index]
+        self.block.tell([SERVER])
+        traffic.count("protocol", sent=(len(self.ids) if counts is None else counts[self.rank]) * width)
+        return None
 
 
 class SliceSums(aggregators.Sharding):
@@ -212,11 +229,21 @@ class Sharded(Transport):
     def share_model(self, flat: np.ndarray, traffic: mpi.Traffic) -> None:
         mpi.allgather_slices(self.world, flat, bounds=self.bounds, traffic=traffic)
 
-    def collect(self, rows: np.ndarray, traffic: mpi.Traffic) -> None:
-        if self.is_server:
-            self.slices.exchange(np.empty((0, self.bounds[-1]), dtype=rows.dtype), rows, traffic=traffic)
-        else:
-            self.slices.exchange(rows, None, traffic=traffic)
+    def collect(self, rows: np.ndarray, traffic: mpi.Traffic, counts: list[int] | None = None) -> np.ndarray | None:
+        every = counts is None or list(counts) == self.plan.placement.counts()
+        # The strided datatypes depend on the rows of each rank: a round with other counts builds its own.
+        slices = self.slices if every else mpi.ColumnSlices(self.world, d=self.bounds[-1], rows_per_rank=counts,
+                                                             bounds=self.bounds)
+        try:
+            if self.is_server:
+                received = rows[:sum(counts)] if not every else rows
+                slices.exchange(np.empty((0, self.bounds[-1]), dtype=rows.dtype), received, traffic=traffic)
+                return received
+            slices.exchange(rows if every else rows[:counts[self.rank]], None, traffic=traffic)
+            return None
+        finally:
+            if not every:
+                slices.free()
 
     def assemble(self, flat: np.ndarray) -> None:
         mpi.allgather_slices(self.server_comm, flat, bounds=self.bounds)

@@ -33,8 +33,9 @@ CASES = {
                                       "--compression.codec", "qsgd", "--compression.params.s", "4",
                                       "--compression.error_feedback", "true"],
     # the agents' momentum memories, with local steps (issue 19)
-    "server, momentum + local steps": [*SERVER, "--aggregator.name", "cwtm", "--agents.momentum", "0.9",
-                                       "--agents.local_steps", "3", "--agents.local_lr", "0.05"],
+    "server, momentum + local steps + sampling": [*SERVER, "--aggregator.name", "cwtm", "--agents.momentum", "0.9",
+                                                  "--agents.local_steps", "3", "--agents.local_lr", "0.05",
+                                                  "--agents.sample", "4", "--aggregator.f", "1"],
     # a server of two ranks: each saves and restores its slice of the model and of the averaging memory
     "server, sharded": [*SERVER, "--aggregator.name", "krum", "--aggregator.averaging", "0.3",
                         "--server.ranks", "2"],
