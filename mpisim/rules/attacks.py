@@ -410,6 +410,288 @@ def _check_mimic(n: int, num_byzantine: int, *, target) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- #
+# Attacks that choose their factor every round
+
+def _not_search(evals, start, step, ratio) -> str | None:
+    """The line search's parameters (:func:`_line_search`), each named as a config gives it."""
+    if isinstance(evals, bool) or not isinstance(evals, int) or evals < 1:
+        return f"byzantine.params.evals must be an integer >= 1, got {evals!r}"
+    for key, value in (("start", start), ("step", step), ("ratio", ratio)):
+        if _not_finite(key, value):
+            return f"byzantine.params.{key} must be a finite number, got {value!r}"
+    if step == 0:
+        return "byzantine.params.step must not be 0"
+    if not 0 < ratio < 1:
+        return f"byzantine.params.ratio must lie strictly between 0 and 1, got {ratio!r}"
+    return None
+
+
+def _line_search(objective: Callable[[float], float], *, evals: int, start: float, step: float,
+                 ratio: float) -> float:
+    """The x maximising ``objective`` found by ByzFL 0.0.11's line search (its Optimal_* attacks).
+
+    Expansion: from x = start, try best + delta with delta = step, doubling delta after each
+    improvement, until a try does not improve; delta is then multiplied by ``ratio``.
+    Contraction: try best + delta, keep it if it improves, multiply delta by ``ratio``; repeat.
+    ``evals`` evaluations in all (start included). An improvement is a strictly larger value,
+    so ties keep the earlier x; a NaN value counts as -inf. Like ByzFL's, the search only ever
+    moves in the direction of ``step``: it never tries a point between the previous best and
+    the current one.
+    """
+    def value(x: float) -> float:
+        y = float(objective(x))
+        return -math.inf if math.isnan(y) else y
+
+    best_x, best_y = start, value(start)
+    delta, left = step, evals - 1
+    while left > 0:                      # expansion
+        x = best_x + delta
+        y, left = value(x), left - 1
+        if y > best_y:
+            best_x, best_y, delta = x, y, 2 * delta
+        else:
+            delta *= ratio
+            break
+    while left > 0:                      # contraction
+        x = best_x + delta
+        y, left = value(x), left - 1
+        if y > best_y:
+            best_x, best_y = x, y
+        delta *= ratio
+    return best_x
+
+
+def _need_pipeline(ctx, attack: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if ctx is None or getattr(ctx, "aggregate", None) is None:
+        raise ValueError(f"{attack} adapts to the server's rule: it needs the round's Context with the "
+                         f"server's pipeline (ctx.aggregate), which only the server mode has")
+    return ctx.aggregate
+
+
+def _search_factor(honest: torch.Tensor, a: int, make: Callable[[float], torch.Tensor], aggregate,
+                   **search) -> float:
+    """The factor x for which ``a`` copies of ``make(x)`` move the aggregate farthest from the honest mean.
+
+    The block aggregated is the h honest rows followed by the a Byzantine ones, whatever the
+    agents' real order: for a rule that is invariant to permuting its rows (all built-ins but
+    for which of two tied rows is kept) the aggregate is the same. The distance is float64."""
+    target = honest.to(torch.float64).mean(dim=0)
+
+    def damage(x: float) -> float:
+        block = torch.cat([honest, make(x).to(honest.dtype).unsqueeze(0).expand(a, -1)])
+        return float(torch.linalg.vector_norm(aggregate(block).to(torch.float64) - target))
+
+    return _line_search(damage, **search)
+
+
+def opt_alie(own: torch.Tensor, *, honest: torch.Tensor, f: int, rngs=None, ctx: Context | None = None,
+             evals: int = 20, start: float = 0.0, step: float = 10.0, ratio: float = 0.8) -> torch.Tensor:
+    """ALIE with its factor chosen every round against the server's rule: mu - z sigma, z by line search.
+
+    Shapes: own (a, d), honest (h, d) -> (a, d). mu and sigma are the honest gradients'
+    coordinate-wise mean and Bessel-corrected standard deviation (as ``alie``); every faulty
+    agent sends mu - z sigma, where z maximises || ctx.aggregate([honest; a copies]) - mu ||,
+    searched by ByzFL 0.0.11's line search (:func:`_line_search`: ``evals`` = 20 evaluations
+    from ``start`` = 0 with first step ``step`` = 10 and contraction ``ratio`` = 0.8).
+
+    Reference: ByzFL 0.0.11 ``Optimal_ALittleIsEnough`` (Allouah et al., Fixing by Mixing,
+    AISTATS 2023, use it), on Baruch et al.'s ALIE. ByzFL sends mu + z sigma; the minus sign of
+    ``alie`` is kept here, so with the same search z >= 0 moves against the mean's direction
+    as ``alie`` does. The aggregate is the server's whole pipeline (pre-aggregation steps, rule,
+    f) from ``ctx``; ByzFL takes the aggregator and pre-aggregators as arguments. Omniscient,
+    colluding, rule-aware: server mode only. Needs h >= 2.
+    """
+    _need_2d(own)
+    honest = _need_honest(honest, own, "opt_alie")
+    if honest.shape[0] < 2:
+        raise ValueError(f"opt_alie: needs at least 2 honest gradients for a standard deviation, "
+                         f"got {honest.shape[0]}")
+    aggregate = _need_pipeline(ctx, "opt_alie")
+    a = own.shape[0]
+    if a == 0:
+        return own.new_empty(own.shape)
+    mu, sigma = honest.mean(dim=0), honest.std(dim=0, correction=1)
+    z = _search_factor(honest, a, lambda x: mu - x * sigma, aggregate,
+                       evals=evals, start=start, step=step, ratio=ratio)
+    return _repeat(mu - z * sigma, a, own.dtype)
+
+
+def opt_ipm(own: torch.Tensor, *, honest: torch.Tensor, f: int, rngs=None, ctx: Context | None = None,
+            evals: int = 20, start: float = 0.0, step: float = 10.0, ratio: float = 0.8) -> torch.Tensor:
+    """IPM with its epsilon chosen every round against the server's rule by line search.
+
+    Shapes: own (a, d), honest (h, d) -> (a, d). Every faulty agent sends -epsilon * mu, mu the
+    honest mean, where epsilon maximises || ctx.aggregate([honest; a copies]) - mu ||, searched
+    as in :func:`opt_alie` (ByzFL 0.0.11's line search, 20 evaluations, start 0, step 10,
+    ratio 0.8).
+
+    Reference: ByzFL 0.0.11 ``Optimal_InnerProductManipulation`` (the same formula,
+    -tau * mean), on Xie, Koyejo, Gupta's IPM (UAI 2020). Omniscient, colluding, rule-aware:
+    server mode only. Needs h >= 1.
+    """
+    _need_2d(own)
+    honest = _need_honest(honest, own, "opt_ipm")
+    if honest.shape[0] < 1:
+        raise ValueError("opt_ipm needs at least one honest gradient")
+    aggregate = _need_pipeline(ctx, "opt_ipm")
+    a = own.shape[0]
+    if a == 0:
+        return own.new_empty(own.shape)
+    mu = honest.mean(dim=0)
+    eps = _search_factor(honest, a, lambda x: -x * mu, aggregate,
+                         evals=evals, start=start, step=step, ratio=ratio)
+    return _repeat(-eps * mu, a, own.dtype)
+
+
+def _check_opt_alie(n: int, num_byzantine: int, *, evals, start, step, ratio) -> str | None:
+    f = num_byzantine
+    bad = _not_search(evals, start, step, ratio)
+    if bad:
+        return bad
+    if f > 0 and n - f < 2:
+        return f"opt_alie needs at least 2 honest agents for a standard deviation; {_setting(n, f)}"
+    return None
+
+
+def _check_opt_ipm(n: int, num_byzantine: int, *, evals, start, step, ratio) -> str | None:
+    f = num_byzantine
+    bad = _not_search(evals, start, step, ratio)
+    if bad:
+        return bad
+    if f > 0 and n - f < 1:
+        return f"opt_ipm averages the honest gradients, so it needs at least 1 honest agent; {_setting(n, f)}"
+    return None
+
+
+_PERTURBATIONS = ("std", "unit", "sign")
+
+
+def _gamma_search(feasible: Callable[[float], bool], gamma_init: float, tau: float) -> float:
+    """Shejwalkar and Houmansadr's search for the largest feasible gamma (their Algorithm 1 and code).
+
+    gamma = gamma_init, step = gamma_init, good = 0; while |good - gamma| > tau: if gamma is
+    feasible, good = gamma and gamma += step / 2, else gamma -= step / 2; then step /= 2.
+    The last gamma found feasible is returned (0 if none). Every gamma tried is good plus
+    the current step, so the search ends with good + 2 * step infeasible (or never tried when
+    it is 2 * gamma_init: gamma never exceeds 2 * gamma_init) and 2 * step <= 2 * tau.
+    """
+    gamma, step, good = float(gamma_init), float(gamma_init), 0.0
+    while abs(good - gamma) > tau:
+        if feasible(gamma):
+            good, gamma = gamma, gamma + step / 2
+        else:
+            gamma -= step / 2
+        step /= 2
+    return good
+
+
+def _min_attack(own: torch.Tensor, honest: torch.Tensor, attack: str, perturbation: str,
+                gamma_init: float, tau: float, bound: str) -> torch.Tensor:
+    """mu + gamma p, with gamma from :func:`_gamma_search` on MinMax's or MinSum's constraint."""
+    _need_2d(own)
+    honest = _need_honest(honest, own, attack)
+    if perturbation not in _PERTURBATIONS:
+        raise ValueError(f"{attack}: perturbation must be one of {', '.join(map(repr, _PERTURBATIONS))}, "
+                         f"got {perturbation!r}")
+    h = honest.shape[0]
+    if h < (2 if perturbation == "std" else 1):
+        raise ValueError(f"{attack}: too few honest gradients ({h}) for perturbation={perturbation!r}")
+    g = honest.to(torch.float64)
+    mu = g.mean(dim=0)
+    if perturbation == "std":
+        p = -g.std(dim=0, correction=1)
+    elif perturbation == "unit":
+        norm = torch.linalg.vector_norm(mu)
+        p = -mu / norm if norm > 0 else torch.zeros_like(mu)
+    else:
+        p = -torch.sign(mu)
+    # Everything in distances from mu: ||mu + gamma p - g_i||^2 = gamma^2 <p,p> - 2 gamma <p,c_i> + <c_i,c_i>.
+    c = g - mu
+    gram = c @ c.T
+    sq = gram.diagonal()
+    pairwise = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min_(0.0)
+    pc, pp = c @ p, float(p @ p)
+
+    def to_m(gamma: float) -> torch.Tensor:   # the h squared distances from mu + gamma p
+        return (gamma * gamma * pp - 2 * gamma * pc + sq).clamp_min(0.0)
+
+    if attack == "minmax":          # max_i ||m - g_i||^2 <= max_{i,j} ||g_i - g_j||^2
+        limit, combine = float(pairwise.max()), torch.max
+    else:                           # sum_i ||m - g_i||^2 <= max_j (or min_j) sum_i ||g_j - g_i||^2
+        scores = pairwise.sum(dim=1)
+        limit, combine = float(scores.max() if bound == "max" else scores.min()), torch.sum
+
+    def feasible(gamma: float) -> bool:
+        return float(combine(to_m(gamma))) <= limit
+
+    gamma = _gamma_search(feasible, gamma_init, tau)
+    return _repeat(mu + gamma * p, own.shape[0], own.dtype)
+
+
+def minmax(own: torch.Tensor, *, honest: torch.Tensor, f: int, rngs=None, perturbation: str = "std",
+           gamma_init: float = 10.0, tau: float = 1e-5) -> torch.Tensor:
+    """Min-Max: mu + gamma p, no farther from any honest gradient than two honest gradients are apart.
+
+    Shapes: own (a, d), honest (h, d) -> (a, d). mu is the honest mean and p the perturbation:
+    ``"std"`` p = -sigma, the honest coordinate-wise (Bessel-corrected) standard deviation;
+    ``"unit"`` p = -mu / ||mu|| (0 when mu = 0); ``"sign"`` p = -sign(mu). gamma is the largest
+    value the paper's search finds with max_i ||m - g_i|| <= max_{i,j} ||g_i - g_j|| over the
+    honest g_i (:func:`_gamma_search`: from ``gamma_init`` = 10, halving the step until it is
+    below ``tau`` = 1e-5, as the authors' code; gamma never exceeds 2 * gamma_init).
+    Computed in float64 from the distances to mu.
+
+    Reference: Shejwalkar, Houmansadr, Manipulating the Byzantine: Optimizing Model Poisoning
+    Attacks and Defenses for Federated Learning, NDSS 2021, AGR-agnostic Min-Max, with full
+    knowledge of the honest gradients. Omniscient; all faulty agents collude on one vector.
+    Needs h >= 2 for ``"std"``, h >= 1 otherwise.
+    """
+    return _min_attack(own, honest, "minmax", perturbation, gamma_init, tau, "max")
+
+
+def minsum(own: torch.Tensor, *, honest: torch.Tensor, f: int, rngs=None, perturbation: str = "std",
+           gamma_init: float = 10.0, tau: float = 1e-5, bound: str = "max") -> torch.Tensor:
+    """Min-Sum: mu + gamma p, whose squared distances to the honest gradients sum to at most an honest one's.
+
+    Shapes: own (a, d), honest (h, d) -> (a, d). mu, p, ``perturbation``, ``gamma_init``, ``tau``
+    and the search as in :func:`minmax`; the constraint is sum_i ||m - g_i||^2 <=
+    max_j sum_i ||g_j - g_i||^2 (``bound="max"``, the paper's formula). The authors' released
+    code bounds by the smallest such sum instead (``min_score``): ``bound="min"``, a smaller
+    gamma. Since the honest c_i = g_i - mu sum to 0, the constraint reads gamma ||p|| <=
+    max_j ||g_j - mu|| (or min_j): the search approximates that gamma from below.
+
+    Reference: Shejwalkar, Houmansadr, NDSS 2021, AGR-agnostic Min-Sum, full knowledge.
+    Omniscient; all faulty agents collude on one vector. Needs h >= 2 for ``"std"``.
+    """
+    if bound not in ("max", "min"):
+        raise ValueError(f"minsum: bound must be 'max' or 'min', got {bound!r}")
+    return _min_attack(own, honest, "minsum", perturbation, gamma_init, tau, bound)
+
+
+def _check_min_attack(attack: str, n: int, f: int, perturbation, gamma_init, tau) -> str | None:
+    if perturbation not in _PERTURBATIONS:
+        return (f"{attack}: byzantine.params.perturbation must be one of "
+                f"{', '.join(map(repr, _PERTURBATIONS))}, got {perturbation!r}")
+    for key, value in (("gamma_init", gamma_init), ("tau", tau)):
+        if _not_finite(key, value) or not value > 0:
+            return f"{attack}: byzantine.params.{key} must be a finite number > 0, got {value!r}"
+    need = 2 if perturbation == "std" else 1
+    if f > 0 and n - f < need:
+        return (f"{attack} with perturbation={perturbation!r} needs at least {need} honest agent"
+                f"{'s' if need > 1 else ''}; {_setting(n, f)}")
+    return None
+
+
+def _check_minmax(n: int, num_byzantine: int, *, perturbation, gamma_init, tau) -> str | None:
+    return _check_min_attack("minmax", n, num_byzantine, perturbation, gamma_init, tau)
+
+
+def _check_minsum(n: int, num_byzantine: int, *, perturbation, gamma_init, tau, bound) -> str | None:
+    if bound not in ("max", "min"):
+        return f"minsum: byzantine.params.bound must be 'max' or 'min', got {bound!r}"
+    return _check_min_attack("minsum", n, num_byzantine, perturbation, gamma_init, tau)
+
+
 def nan(own: torch.Tensor, *, honest=None, f: int, rngs=None) -> torch.Tensor:
     """NaN fault: every coordinate is NaN (a crashed or corrupted computation).
 
@@ -613,6 +895,15 @@ for _args in [
     ("mimic", "message", True, True, mimic,
      "Karimireddy, He, Jaggi, Byzantine-Robust Learning on Heterogeneous Datasets "
      "via Bucketing, ICLR 2022", _check_mimic),
+    ("opt_alie", "message", True, True, opt_alie,
+     "ByzFL 0.0.11 Optimal_ALittleIsEnough (line search of ALIE's factor against the rule)", _check_opt_alie),
+    ("opt_ipm", "message", True, True, opt_ipm,
+     "ByzFL 0.0.11 Optimal_InnerProductManipulation (line search of IPM's epsilon against the rule)",
+     _check_opt_ipm),
+    ("minmax", "message", True, True, minmax,
+     "Shejwalkar, Houmansadr, Manipulating the Byzantine, NDSS 2021 (AGR-agnostic Min-Max)", _check_minmax),
+    ("minsum", "message", True, True, minsum,
+     "Shejwalkar, Houmansadr, Manipulating the Byzantine, NDSS 2021 (AGR-agnostic Min-Sum)", _check_minsum),
     ("nan", "message", False, False, nan, "robustness test (non-finite message)"),
     ("inf", "message", False, False, inf, "robustness test (non-finite message)", _check_sign),
     ("huge", "message", False, False, huge, "robustness test (float32 overflow)", _check_value),

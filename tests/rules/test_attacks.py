@@ -24,6 +24,14 @@ def call(name, own, *, honest=None, f=1, seeds=None, **params):
     return REGISTRY[name].fn(own, honest=honest, f=f, rngs=gens(*seeds), **params)
 
 
+def extra(name):
+    """The round's Context for a rule-aware attack (the server's pipeline: the mean), else nothing."""
+    if not REGISTRY[name].wants_ctx:
+        return {}
+    return {"ctx": attacks.Context(aggregate=lambda x: x.mean(dim=0), model=torch.zeros(3), round=1,
+                                   step_size=None, n=6, f=2, rule="mean")}
+
+
 HONEST_4x3 = torch.tensor([[4.0, 0.0, -1.0],
                            [1.0, 6.0, -3.0],
                            [3.0, 3.0, -2.0],
@@ -47,6 +55,10 @@ def test_registry_has_every_fault_with_the_stated_flags():
         "alie": ("message", True, True),
         "ipm": ("message", True, True),
         "mimic": ("message", True, True),
+        "opt_alie": ("message", True, True),
+        "opt_ipm": ("message", True, True),
+        "minmax": ("message", True, True),
+        "minsum": ("message", True, True),
         "nan": ("message", False, False),
         "inf": ("message", False, False),
         "huge": ("message", False, False),
@@ -420,7 +432,7 @@ def test_message_attacks_do_not_modify_inputs(name):
     use_honest = honest if REGISTRY[name].omniscient else None
 
     # Execute
-    out = REGISTRY[name].fn(own, honest=use_honest, f=2, rngs=gens(1, 2))
+    out = REGISTRY[name].fn(own, honest=use_honest, f=2, rngs=gens(1, 2), **extra(name))
     out.add_(1.0)          # writing into the result must not reach the inputs either
 
     # Assert
@@ -440,7 +452,8 @@ def test_data_attacks_do_not_modify_inputs(name):
 def test_every_message_attack_accepts_the_interface_arguments():
     for name in MESSAGE:
         defaults = param_defaults(name)
-        out = REGISTRY[name].fn(torch.ones(2, 3), honest=HONEST_4x3, f=2, rngs=gens(1, 2), **defaults)
+        out = REGISTRY[name].fn(torch.ones(2, 3), honest=HONEST_4x3, f=2, rngs=gens(1, 2), **defaults,
+                                **extra(name))
         assert out.shape == (2, 3), name
 
 
