@@ -23,6 +23,7 @@ DATA = 7           # generated data sets (synthetic regression)
 COMPRESS = 8       # an agent's stochastic compressor (QSGD's rounding)
 ATTACK_PIPELINE = 9  # a rule-aware attack's copy of the server's pipeline (bucketing's shuffle), per round
 SAMPLE = 10         # which agents take part in a round (agents.sample), per round
+ROOT = 11           # the server's root set (server.root_samples, FLTrust)
 
 
 def numpy_generator(seed: int, *key: int) -> np.random.Generator:

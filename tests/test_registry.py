@@ -21,8 +21,9 @@ def scratch():
 
 def test_every_built_in_rule_is_an_entry_and_the_very_callable_the_protocols_use():
     assert set(registry.rules) == {"mean", "cge", "cwtm", "trimmed_mean", "geomed", "mom", "multikrum", "krum",
-                                   "median", "meamed", "bulyan", "norm_threshold", "majority_vote", "cc"}
-    assert set(registry.pre_aggregators) == {"nnm", "bucketing"}
+                                   "median", "meamed", "bulyan", "norm_threshold", "majority_vote", "cc",
+                                   "mda", "smea", "caf", "monna", "dnc", "fltrust"}
+    assert set(registry.pre_aggregators) == {"nnm", "bucketing", "clipping", "arc"}
     for name in registry.rules:
         entry = registry.rules.entry(name)
         assert registry.rules[name] is aggregators.REGISTRY[name]
@@ -37,7 +38,7 @@ def test_the_registries_are_read_only_views():
         registry.rules["mine"] = lambda x, *, f: x[0]
     with pytest.raises(registry.RegistryError, match="built-in rule 'cwtm' cannot be removed"):
         registry.rules.remove("cwtm")
-    with pytest.raises(KeyError, match="unknown rule 'nope'; known rules: bulyan, cc, cge"):
+    with pytest.raises(KeyError, match="unknown rule 'nope'; known rules: bulyan, caf, cc, cge"):
         registry.rules.entry("nope")
 
 
@@ -87,8 +88,9 @@ def test_a_parameter_without_a_default_is_refused(scratch):
 
 
 def sharded(name, pre=()):
+    root = ["--server.root_samples", "10"] if name == "fltrust" else []  # fltrust's own root set
     cfg, _ = config.parse_args(ServerModeConfig, ["--aggregator.name", name, "--server.ranks", "2",
-                                                  "--aggregator.f", "0", "--byzantine.fault", "none",
+                                                  "--aggregator.f", "0", "--byzantine.fault", "none", *root,
                                                   *(["--aggregator.pre", ",".join(pre)] if pre else [])],
                                prog="t", description="t")
     server_config.validate_server_mode(cfg, None)
@@ -123,7 +125,7 @@ def test_a_sharded_server_refuses_a_rule_that_is_neither_coordinate_wise_nor_tak
 def test_every_built_in_attack_is_an_entry_with_its_declared_properties():
     from mpisim.rules import attacks
 
-    assert len(registry.attacks) == 14 and registry.attacks is attacks.REGISTRY
+    assert len(registry.attacks) == 18 and registry.attacks is attacks.REGISTRY
     alie = registry.attacks.entry("alie")
     assert alie.properties == {"kind": "message", "omniscient": True, "colludes": True}
     assert registry.attacks["alie"].fn is attacks.alie and "A Little Is Enough" in alie.reference

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from .. import compression, seeding
+from ..datasets.sampler import Sampler
 from ..learning import projection, schedules
 from ..mpi import comm as mpi
 from ..placement import Placement
@@ -183,6 +184,32 @@ class Participation:
         return [j for j, i in enumerate(ids) if i in drawn]
 
 
+class RootSet:
+    """The server's own clean data for FLTrust (``server.root_samples``): samples of the training set
+    drawn with the stream (ROOT,) of the seed, and batches of ``data.batch_size`` drawn from them
+    as an agent draws its own (the sampler's stream is (SAMPLING, n), the id after the agents').
+    :meth:`compute` puts the server's gradient at the current model in :attr:`gradient`."""
+
+    def __init__(self, cfg, problem: driver.Problem, *, seed: int, n: int):
+        train = problem.train
+        chosen = seeding.numpy_generator(seed, seeding.ROOT).choice(len(train), cfg.server.root_samples,
+                                                                    replace=False)
+        self.sampler = Sampler(train, np.sort(chosen), agent_id=n, seed=seed, batch_size=cfg.data.batch_size,
+                               fraction=cfg.data.batch_fraction)
+        problem.train = None  # the server keeps its root set only
+        self.rows = torch.zeros((1, problem.model.d))
+        self.gradient = self.rows[0]
+
+    def compute(self, model) -> None:
+        model.gradients([self.sampler.batch()], self.rows)
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
 class ServerRole(driver.Role):
     """Rank 0 (ranks 0..S-1 when sharded): send the model, gather, filter, step; evaluate.
 
@@ -200,7 +227,8 @@ class ServerRole(driver.Role):
         super().__init__()
         self.world, self.cfg, self.plan = world, cfg, plan
         n, rank = plan.placement.n, world.Get_rank()
-        self.problem = driver.load_problem(cfg, num_shards=n, train=False, test=True)
+        root_samples = getattr(getattr(cfg, "server", None), "root_samples", 0)
+        self.problem = driver.load_problem(cfg, num_shards=n, train=bool(root_samples), test=True)
         if rank != SERVER:  # only rank 0 evaluates
             self.problem.x_test = self.problem.y_test = None
         self.headline = self.problem.task.headline
@@ -217,6 +245,10 @@ class ServerRole(driver.Role):
         self.rule = aggregators.build(agg.name, f=agg.f, params=dict(agg.params), pre=agg.pre,
                                       pre_params={k: dict(v) for k, v in agg.pre_params.items()},
                                       sharding=self.transport.sums)
+        self.root = RootSet(cfg, self.problem, seed=cfg.run.seed, n=n) if root_samples else None
+        if self.root is not None:  # FLTrust: the rule weighs the rows by the server's own gradient
+            pipeline, span = self.rule, self.transport.own(model.d)
+            self.rule = lambda x, rng: pipeline(x, rng, root=self.root.gradient[span])
         self.uplink = uplink.ServerUplink(cfg, n, model.d) if uplink.active(cfg) else None
         self.inbox = rows if self.uplink is None else self.uplink.received
         if self.uplink is not None and self.uplink.side_norm:  # Algorithm 1: threshold on the sent norms
@@ -259,7 +291,6 @@ class ServerRole(driver.Role):
 
     def step(self, t: int) -> None:
         timer = self.timer
-        self.whole = self.transport.whole
         self.before()
         with timer("gather"):
             rows = self.transport.collect(self.inbox, self.traffic, self.participation.counts(t))
@@ -269,10 +300,15 @@ class ServerRole(driver.Role):
                 self.uplink.decode(self.gradients)
         if self.participation.partial:
             self.drawn_byzantine.append(int(np.isin(self.participation.drawn(t), self.byzantine).sum()))
+        if self.root is not None:
+            with timer("root"):
+                self._gather_whole()  # the server's gradient needs the whole model (a sharded rank has a slice)
+                self.root.compute(self.problem.model)
         with timer("filter"):
             filtered = self.state.filter(block, self.rule)
         with timer("step"):
             self.advance(filtered, t)
+        self.whole = self.transport.whole  # a sharded rank stepped its slice only
         self.after(filtered)
 
     def record_extra(self) -> dict:
@@ -329,11 +365,14 @@ class ServerRole(driver.Role):
         return hint
 
     def state_dict(self) -> dict:
-        return {"server": self.state.state_dict(), "drawn_byzantine": list(self.drawn_byzantine)}
+        return {"server": self.state.state_dict(), "drawn_byzantine": list(self.drawn_byzantine),
+                "root": None if self.root is None else self.root.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.state.load_state_dict(state["server"])
         self.drawn_byzantine = list(state.get("drawn_byzantine", []))
+        if self.root is not None:
+            self.root.load_state_dict(state["root"])
         self.whole = self.transport.whole  # a sharded server rank's file holds its own slice only
 
 

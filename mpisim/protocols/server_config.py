@@ -53,6 +53,9 @@ class ServerConfig:
                            "coordinates of the model and of every agent's message; the agents start at rank S")
     threads: int = option(2, "threads of each server rank's coordinate-wise filter, over chunks of columns (the "
                              "agents wait while it runs); every count gives the same model")
+    root_samples: int = option(0, "the server's clean root set for fltrust: this many training samples drawn with the "
+                                  "server's own stream, on which it computes its own gradient every round (the "
+                                  "batch of data.batch_size, as an agent's); 0: none (rules other than fltrust)")
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,28 @@ def validate_server_mode(cfg: ServerModeConfig, world_size: int | None) -> None:
             f"must be >= 0 (0: the round's step size), got {agents.local_lr}")
     validate_server_and_agents(cfg, world_size)
     _validate_sample(cfg)
+    _validate_root(cfg)
     _validate_compression(cfg)
     _validate_sharding(cfg)
+
+
+def _validate_root(cfg: ServerModeConfig) -> None:
+    """server.root_samples: FLTrust's root set, and only FLTrust's."""
+    k, name = cfg.server.root_samples, cfg.aggregator.name
+    require(k >= 0, "server.root_samples", f"must be >= 0, got {k}")
+    if name == "fltrust":
+        require(k >= 1, "server.root_samples", "fltrust weighs the agents' rows by the server's own gradient on "
+                                               "a root set: give it some samples, e.g. --server.root_samples 100 "
+                                               "(the paper's)")
+        from .. import datasets
+
+        train = datasets.num_samples(cfg.data.name, cfg.data.root, "train", params=dict(cfg.data.params),
+                                     seed=cfg.run.seed)
+        require(k <= train, "server.root_samples", f"the training set has {train} samples, fewer than {k}")
+        require(cfg.agents.local_steps == 1, "server.root_samples",
+                "fltrust with agents.local_steps > 1 is not supported yet (the server's own message is one gradient)")
+    else:
+        require(k == 0, "server.root_samples", f"only fltrust uses a root set; {name} would ignore it")
 
 
 def _validate_sample(cfg: ServerModeConfig) -> None:

@@ -198,6 +198,7 @@ class SliceSums(aggregators.Sharding):
     def __init__(self, comm: mpi.Comm):
         self.comm = comm
         self.slices = comm.Get_size()
+        self.index = comm.Get_rank()  # server rank s holds the s-th slice of the columns
         self.bytes = 0
 
     def sum(self, part: torch.Tensor) -> torch.Tensor:

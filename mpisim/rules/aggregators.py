@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -97,6 +98,11 @@ __all__ = [
     "threshold_on_norms",
     "majority_vote",
     "cc",
+    "mda",
+    "smea",
+    "caf",
+    "monna",
+    "dnc",
     # pre-aggregation
     "nnm",
     "bucketing",
@@ -126,9 +132,13 @@ class Sharding:
     every slice derives alike from those sums, so a sharded rule returns its slice of the
     unsharded output: bit for bit for the coordinate-wise rules, to float rounding for the
     others (their sums are added in another order).
+
+    A rule that draws columns at random (``dnc``) must also know where its slice lies:
+    ``index``, this slice's position in column order (:func:`_slice_columns`).
     """
 
     slices = 1
+    index = 0
 
     def sum(self, part: Tensor) -> Tensor:
         """The float64 ``part`` summed over the slices (here: one slice, itself)."""
@@ -140,6 +150,10 @@ WHOLE = Sharding()
 
 def _takes_sharding(fn: Callable) -> bool:
     return "sharding" in inspect.signature(fn).parameters
+
+
+def _takes_rng(fn: Callable) -> bool:
+    return "rng" in inspect.signature(fn).parameters
 
 
 # --------------------------------------------------------------------------
@@ -246,6 +260,12 @@ def register(name: str, *, check: Callable[..., str | None], coordinatewise: boo
     ``fn.check(n, f, **params)`` and ``fn.defaults``, validates before it runs
     and raises ``ValueError`` on an impossible setting.
 
+    A rule that draws random numbers takes ``rng`` (a ``torch.Generator``, keyword-only,
+    default None): :func:`build` passes it the server's generator. The others ignore ``rng``.
+    A rule that takes ``root`` gets the server's own gradient on its root set (FLTrust;
+    ``server.root_samples``), which the server mode computes every round. Neither is a
+    parameter a configuration sets.
+
     ``coordinatewise`` promises that output column j depends on input column j
     alone: such a rule runs on a sharded server rank's slice as it is. A rule
     that is not coordinate-wise must take ``sharding`` (:class:`Sharding`) to
@@ -255,8 +275,10 @@ def register(name: str, *, check: Callable[..., str | None], coordinatewise: boo
     validators = dict(validators or {})
 
     def deco(impl: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        defaults = registry.keyword_defaults(impl, skip=("f", "sharding"))
+        defaults = registry.keyword_defaults(impl, skip=("f", "sharding", "rng", "root"))
         whole_rows = _takes_sharding(impl)  # coordinate-wise rules never need the other slices
+        draws = _takes_rng(impl)
+        rooted = "root" in inspect.signature(impl).parameters
 
         def check_fn(n: int, f: int, **params) -> str | None:
             return (_param_problems(name, defaults, validators, params)
@@ -264,15 +286,22 @@ def register(name: str, *, check: Callable[..., str | None], coordinatewise: boo
                     or check(n, f, **{**defaults, **params}))
 
         @functools.wraps(impl)
-        def rule(x: Tensor, *, f: int, sharding: Sharding = WHOLE, **params) -> Tensor:
+        def rule(x: Tensor, *, f: int, sharding: Sharding = WHOLE,
+                 rng: torch.Generator | None = None, root: Tensor | None = None, **params) -> Tensor:
             x = _as_matrix(name, x)
             msg = check_fn(x.shape[0], f, **params)
             if msg:
                 raise ValueError(msg)
             where = {"sharding": sharding} if whole_rows else {}
+            if draws:
+                where["rng"] = rng
+            if rooted:
+                where["root"] = root
             return impl(x, f=f, **where, **{**defaults, **params})
 
         rule.check = check_fn
+        rule.takes_rng = draws  # build passes the server's generator to such a rule
+        rule.takes_root = rooted  # the server mode passes its own gradient (FLTrust)
         rule.defaults = dict(defaults)
         rule.validators = validators
         rule.config_name = name
@@ -829,6 +858,17 @@ _REFERENCES = {
     "nnm": "Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, Fixing by Mixing, AISTATS 2023",
     "bucketing": ("Karimireddy, He, Jaggi, Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing, ICLR "
         "2022"),
+    "mda": ("El Mhamdi, Guerraoui, Rouault, Distributed Momentum for Byzantine-resilient Stochastic Gradient "
+        "Descent, ICLR 2021 (minimum-diameter averaging); El Mhamdi, Guerraoui, Guirguis, Hoang, Rouault, "
+        "Genuinely Distributed Byzantine Machine Learning, PODC 2020"),
+    "smea": ("Allouah, Guerraoui, Gupta, Pinot, Stephan, On the Privacy-Robustness-Utility Trilemma in "
+        "Distributed Learning, ICML 2023 (smallest maximum eigenvalue averaging)"),
+    "caf": ("Allouah, Guerraoui, Stephan, Towards Trustworthy Federated Learning with Untrusted Participants, "
+        "ICML 2025, Algorithm 2 (covariance-bound agnostic filter)"),
+    "monna": ("Farhadkhani, Guerraoui, Gupta, Hoang, Pinot, Stephan, Robust Collaborative Learning with Linear "
+        "Gradient Overhead, ICML 2023 (MoNNA)"),
+    "dnc": ("Shejwalkar, Houmansadr, Manipulating the Byzantine: Optimizing Model Poisoning Attacks and Defenses "
+        "for Federated Learning, NDSS 2021, Algorithm 2 (divide-and-conquer)"),
 }
 
 
@@ -1322,6 +1362,507 @@ def cc(x: Tensor, *, f: int, tau: float = 10.0, iters: int = 1,
 
 
 # --------------------------------------------------------------------------
+# Subset searches (MDA, SMEA), filters (CAF, DnC) and MoNNA
+# --------------------------------------------------------------------------
+
+_MAX_SUBSETS = 10 ** 6
+
+
+def _subset_check(rule: str):
+    def check_fn(n, f, max_subsets, **_):
+        msg = _needs_honest_majority(rule)(n, f)
+        if msg:
+            return msg
+        count = math.comb(n, f)
+        if count > max_subsets:
+            return (f"{rule}: the search is over C(n, f) = {count} subsets of n - f rows, more than "
+                    f"max_subsets={max_subsets} (raise max_subsets to allow it), got n={n}, f={f}")
+        return None
+    return check_fn
+
+
+def _finite_gram(x: Tensor, sharding: Sharding) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(norms, indices of the finite rows, their float64 Gram matrix (centred at one of them) or None)."""
+    norms = _row_norms(x, sharding)
+    rows = torch.isfinite(norms).nonzero().flatten()
+    G = _gram64(x, rows, norms, sharding)[0] if rows.numel() else None
+    return norms, rows, G
+
+
+def _average_of(x: Tensor, kept: Tensor, norms: Tensor) -> Tensor:
+    w = torch.zeros(x.shape[0], dtype=torch.float64)
+    w[kept] = 1.0 / kept.numel()
+    return _combine(x, w, torch.isfinite(norms))
+
+
+def _has_cover(A: np.ndarray, budget: int) -> bool:
+    """Whether at most ``budget`` vertices touch every edge of the graph A (boolean adjacency).
+
+    Bounded search tree: a vertex of degree > budget must be in the cover; then either the
+    vertex u of largest degree is in it, or all of u's neighbours are. At most 2^budget nodes.
+    """
+    A = A.copy()
+    while True:
+        deg = A.sum(axis=1)
+        high = deg > budget
+        if not high.any():
+            break
+        budget -= int(high.sum())
+        if budget < 0:
+            return False
+        A[high] = False
+        A[:, high] = False
+    edges = int(deg.sum()) // 2
+    if edges == 0:
+        return True
+    if budget == 0 or edges > budget * budget:   # each vertex covers at most budget edges
+        return False
+    u = int(deg.argmax())
+    if deg[u] == 1:                               # a matching: one vertex per edge
+        return edges <= budget
+    B = A.copy()
+    B[u] = False
+    B[:, u] = False
+    if _has_cover(B, budget - 1):
+        return True
+    nb = A[u]
+    B = A.copy()
+    B[nb] = False
+    B[:, nb] = False
+    return _has_cover(B, budget - int(deg[u]))
+
+
+def _fits(A: np.ndarray, f: int, kept: list[int], removed: list[int]) -> bool:
+    """Whether f rows, ``removed`` among them and none of ``kept``, cover every edge of A."""
+    forced = np.zeros(len(A), dtype=bool)
+    forced[removed] = True
+    if kept:
+        forced |= A[kept].any(axis=0)             # a kept row's conflicts must all go
+        if forced[kept].any():
+            return False
+    budget = f - int(forced.sum())
+    if budget < 0:
+        return False
+    B = A.copy()
+    B[forced] = False
+    B[:, forced] = False
+    return _has_cover(B, budget)
+
+
+def _min_diameter_subset(D: np.ndarray, f: int) -> list[int]:
+    """The lexicographically first set of n - f rows whose largest pairwise entry of D is smallest.
+
+    A set of n - f rows has diameter <= t exactly when the f rows left out cover every pair at
+    distance > t (a vertex cover of size f of that "conflict" graph). The smallest such t is
+    found by bisection over the distinct distances, then rows 0, 1, ... are kept greedily
+    whenever a cover that spares them still exists, which gives the first set in lexicographic
+    order among the optimal ones.
+    """
+    n = len(D)
+    if f == 0:
+        return list(range(n))
+    levels = np.unique(D[np.triu_indices(n, 1)])
+    off = ~np.eye(n, dtype=bool)
+    lo, hi = 0, len(levels) - 1                   # above the largest distance nothing conflicts
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _has_cover((D > levels[mid]) & off, f):
+            hi = mid
+        else:
+            lo = mid + 1
+    A = (D > levels[lo]) & off
+    kept: list[int] = []
+    removed: list[int] = []
+    for i in range(n):
+        if len(kept) < n - f and _fits(A, f, kept + [i], removed):
+            kept.append(i)
+        else:
+            removed.append(i)
+    return kept
+
+
+@register("mda", reference=_REFERENCES["mda"],
+          coordinatewise=False, check=_subset_check("mda"), validators={"max_subsets": _v_int(1)})
+def mda(x: Tensor, *, f: int, max_subsets: int = _MAX_SUBSETS, sharding: Sharding = WHOLE) -> Tensor:
+    """Minimum-diameter averaging: the average of the n - f rows of smallest diameter.
+
+    x: (n, d) -> (d,). Among all subsets S of n - f rows, the one minimising the diameter
+    max_{i, j in S} ||x_i - x_j||, averaged (El Mhamdi, Guerraoui, Rouault, ICLR 2021; the
+    minimum-volume-ellipsoid idea of Rousseeuw with a ball's diameter). The search is exact
+    and is not an enumeration: the f rows left out must cover every pair farther apart than
+    the diameter, so the smallest diameter is found by bisection over the pairwise distances,
+    each step a bounded search for f such rows (at most 2^f nodes, usually far fewer; ByzFL
+    scores all C(n, f) subsets). ``check`` still refuses C(n, f) > ``max_subsets``, the bound
+    shared with ``smea``. Ties: the lexicographically first subset (lower indices kept).
+    Distances: float64 Gram matrix; a NaN/inf row is at +inf from every row, so it is left
+    out while at most f rows are bad. Needs n > 2f. Output: average scale.
+    """
+    norms = _row_norms(x, sharding)
+    D = _pairwise_sq_dists(x, norms, sharding)    # squared: the same order as the distances
+    kept = _min_diameter_subset(D.numpy(), f)
+    return _average_of(x, torch.tensor(kept), norms)
+
+
+_SMEA_CHUNK = 1 << 14      # subsets whose bounds are computed at once
+_SMEA_EXACT = 256          # subsets whose eigenvalue is computed at once
+_SMEA_SLACK = 1e-7         # relative margin of the screening test against rounding
+
+
+def _scatter_top(Z: Tensor, lam: Tensor, R: Tensor, k: int) -> Tensor:
+    """Largest eigenvalue of the scatter matrix of the rows left when the rows R are removed.
+
+    Z: (m, r) coordinates of m centred rows with Z^T Z = diag(lam); R: (B, q) removed rows.
+    Scatter of the k kept rows = diag(lam) - Z_R^T Z_R - s s^T / k, s = the sum of Z_R's rows.
+    """
+    ZR = Z[R]                                         # (B, q, r)
+    s = ZR.sum(dim=1)
+    S = torch.diag_embed(lam.expand(len(R), -1)) - ZR.transpose(1, 2) @ ZR - (s[:, :, None] * s[:, None, :]) / k
+    return torch.linalg.eigvalsh(S)[:, -1]
+
+
+def _scatter_below(Z: Tensor, lam: Tensor, R: Tensor, k: int, t: float) -> Tensor:
+    """Whether the largest scatter eigenvalue of each subset (as in :func:`_scatter_top`) is < t.
+
+    The scatter is diag(lam) - V V^T with V = [Z_R^T, s / sqrt(k)] of rank <= q + 1, so
+    t I - scatter = diag(a) + V V^T, a = t - lam, is positive definite iff its Schur
+    complement on the coordinates where a <= 0 (at most q + 1 of them, or never) is:
+    diag(a_N) + V_N (I + V_P^T diag(1/a_P) V_P)^{-1} V_N^T. Small matrices per subset.
+    """
+    a = t - lam
+    neg = a <= 0
+    B, q = R.shape
+    if int(neg.sum()) > q + 1:
+        return torch.zeros(B, dtype=torch.bool)
+    ZR = Z[R]
+    V = torch.cat([ZR.transpose(1, 2), ZR.sum(dim=1)[:, :, None] / math.sqrt(k)], dim=2)   # (B, r, q+1)
+    if not bool(neg.any()):
+        return torch.ones(B, dtype=torch.bool)
+    VP, VN = V[:, ~neg], V[:, neg]
+    W = VP.transpose(1, 2) @ (VP / a[~neg][None, :, None])
+    W.diagonal(dim1=1, dim2=2).add_(1.0)
+    X = torch.linalg.solve(W, VN.transpose(1, 2))
+    S = VN @ X
+    S.diagonal(dim1=1, dim2=2).add_(a[neg])
+    return torch.linalg.cholesky_ex(S).info == 0
+
+
+def _smallest_max_eigenvalue_subset(G: Tensor, k: int) -> Tensor:
+    """The lexicographically first k of the m rows whose covariance has the smallest top eigenvalue.
+
+    G: (m, m) float64 Gram matrix. The rows are given coordinates Z (m, r) in their own span
+    (eigh of the centred Gram matrix), so every subset's scatter is an r x r matrix built from
+    the q = m - k rows it leaves out. Exact search in three passes over the C(m, q) subsets:
+    a lower bound for each (the largest diagonal entry of its scatter), exact eigenvalues of
+    the subsets with the lowest bounds (the best so far), then a screening test
+    (:func:`_scatter_below`) that discards every subset whose top eigenvalue is not below the
+    best, repeated on the survivors until few are left; those are computed exactly.
+    """
+    m = G.shape[0]
+    q = m - k
+    if q == 0:
+        return torch.arange(m)
+    J = G - G.mean(dim=0, keepdim=True) - G.mean(dim=1, keepdim=True) + G.mean()
+    lam, U = torch.linalg.eigh((J + J.T) / 2)
+    big = lam > 1e-12 * float(lam.max().clamp_min(0.0))
+    if not bool(big.any()):                          # all rows coincide: every subset ties at 0
+        return torch.arange(k)
+    lam, Z = lam[big], U[:, big] * lam[big].sqrt()
+    count = math.comb(m, q)
+    R = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(m), q)),
+                                     dtype=np.int64, count=count * q).reshape(count, q))
+    def rayleigh(P: Tensor) -> Tensor:
+        """(count, p): v^T scatter v of every subset for the p directions whose projections
+        of the rows are the columns of P (m, p), from the rows it leaves out alone."""
+        out = torch.empty(count, P.shape[1], dtype=torch.float64)
+        P2 = P.square()
+        for i in range(0, count, _SMEA_CHUNK):
+            part = R[i:i + _SMEA_CHUNK]
+            sq, sm = P2[part[:, 0]], P[part[:, 0]]
+            for j in range(1, q):
+                sq += P2[part[:, j]]
+                sm += P[part[:, j]]
+            out[i:i + _SMEA_CHUNK] = P2.sum(dim=0) - sq - sm.square_() / k
+        return out
+
+    # Lower bounds: a subset's top eigenvalue is at least v^T scatter v for any unit v; first
+    # along the 8 axes of Z of largest variance, then along the top eigenvectors of the 16
+    # subsets of lowest bound (in practice close to the best subset's).
+    bound = rayleigh(Z[:, -8:]).max(dim=1).values
+    first = torch.sort(bound, stable=True).indices[:16]
+    ZR = Z[R[first]]
+    sm = ZR.sum(dim=1)
+    S = torch.diag_embed(lam.expand(len(first), -1)) - ZR.transpose(1, 2) @ ZR - sm[:, :, None] * sm[:, None, :] / k
+    vecs = torch.linalg.eigh(S).eigenvectors[:, :, -1]          # (16, r) unit vectors
+    bound = torch.maximum(bound, rayleigh(Z @ vecs.T).max(dim=1).values)
+    order = torch.sort(bound, stable=True).indices
+    value = torch.full((count,), math.inf, dtype=torch.float64)   # exact top eigenvalues
+    done = torch.zeros(count, dtype=torch.bool)
+
+    def evaluate(idx: Tensor) -> None:
+        for i in range(0, idx.numel(), _SMEA_EXACT):
+            part = idx[i:i + _SMEA_EXACT]
+            value[part] = _scatter_top(Z, lam, R[part], k)
+            done[part] = True
+
+    evaluate(order[:16])
+    scale = float(lam.max())
+    alive = order
+    while True:
+        best = float(value.min())
+        t = best + _SMEA_SLACK * abs(best) + 1e-12 * scale
+        alive = alive[bound[alive] < t]
+        alive = torch.cat([alive[i:i + _SMEA_CHUNK][_scatter_below(Z, lam, R[alive[i:i + _SMEA_CHUNK]], k, t)]
+                           for i in range(0, alive.numel(), _SMEA_CHUNK)] + [alive[:0]])
+        pending = alive[~done[alive]]
+        if pending.numel() <= 2 * _SMEA_EXACT:
+            evaluate(pending)
+            break
+        evaluate(pending[:_SMEA_EXACT])          # the lowest bounds first: a better best
+    best = float(value.min())
+    tied = (value <= best + 1e-12 * scale).nonzero().flatten()
+    # The last removal set in itertools' order leaves the lexicographically first kept set.
+    removed = R[int(tied.max())]
+    mask = torch.ones(m, dtype=torch.bool)
+    mask[removed] = False
+    return mask.nonzero().flatten()
+
+
+@register("smea", reference=_REFERENCES["smea"],
+          coordinatewise=False, check=_subset_check("smea"), validators={"max_subsets": _v_int(1)})
+def smea(x: Tensor, *, f: int, max_subsets: int = _MAX_SUBSETS, sharding: Sharding = WHOLE) -> Tensor:
+    """Smallest maximum eigenvalue averaging: the n - f rows of least spread in every direction.
+
+    x: (n, d) -> (d,). Among all subsets S of n - f rows, the one whose empirical covariance
+    (1/|S|) sum_{i in S} (x_i - mu_S)(x_i - mu_S)^T has the smallest largest eigenvalue,
+    averaged (Allouah et al., ICML 2023). The eigenvalues are EXACT: the covariance of S has
+    the nonzero eigenvalues of its centred Gram matrix, which comes from one float64 n x n
+    Gram matrix (whole-row sums), so no step touches d after it. ByzFL estimates each
+    subset's eigenvalue with one power iteration from a random start, which can rank the
+    subsets wrongly and differs from call to call. The search is exact over all C(n, f)
+    subsets (refused above ``max_subsets``), pruned by bounds (see
+    ``_smallest_max_eigenvalue_subset``). Ties (to 1e-12 of the largest eigenvalue, float
+    rounding): the lexicographically first subset. A NaN/inf row makes a subset's eigenvalue
+    +inf, so it is left out while at most f rows are bad. Needs n > 2f. Output: average scale.
+    """
+    n = x.shape[0]
+    norms, rows, G = _finite_gram(x, sharding)
+    if rows.numel() < n - f:                     # every subset keeps a bad row: the first one
+        return _average_of(x, torch.arange(n - f), norms)
+    return _average_of(x, rows[_smallest_max_eigenvalue_subset(G, n - f)], norms)
+
+
+def _caf_weights(G: Tensor, n: int, f: int, tau_max: str) -> Tensor:
+    """CAF's weights on the m finite rows (summing to 1), from their (m, m) float64 Gram matrix.
+
+    With a = c / sum(c), the rows centred at mu_c = sum_i a_i x_i have the Gram matrix
+    C = (I - 1 a^T) G (I - a 1^T), and Sigma_c = Y^T diag(a) Y has the nonzero eigenvalues
+    of K = diag(sqrt a) C diag(sqrt a). With K u = lambda u, the unit top eigenvector of
+    Sigma_c is v = Y^T diag(sqrt a) u / sqrt(lambda), so the projections are
+    <x_i - mu_c, v> = (C diag(sqrt a) u)_i / sqrt(lambda): everything is m x m.
+    """
+    m = G.shape[0]
+    c = torch.ones(m, dtype=torch.float64)
+    best, best_a = math.inf, None
+    while float(c.sum()) > n - 2 * f:
+        a = c / c.sum()
+        Ga = G @ a
+        C = G - Ga[None, :] - Ga[:, None] + a @ Ga
+        C = (C + C.T) / 2
+        s = a.sqrt()
+        lam, U = torch.linalg.eigh(s[:, None] * C * s[None, :])
+        top = float(lam[-1])
+        if top < best:
+            best, best_a = top, a
+        if top <= 0.0:                           # the weighted rows coincide: nothing beats this
+            break
+        tau = (C @ (s * U[:, -1])).square() / top
+        top_tau = float((tau[c > 0] if tau_max == "weighted" else tau).max())
+        if top_tau <= 0.0:
+            break
+        c = (c * (1.0 - tau / top_tau)).clamp_min_(0.0)
+    return best_a
+
+
+@register("caf", reference=_REFERENCES["caf"],
+          coordinatewise=False, check=_needs_honest_majority("caf"),
+          validators={"tau_max": _v_choice("weighted", "all")})
+def caf(x: Tensor, *, f: int, tau_max: str = "weighted", sharding: Sharding = WHOLE) -> Tensor:
+    """Covariance-bound agnostic filter: down-weight rows along the top eigenvector, keep the best mean.
+
+    x: (n, d) -> (d,). Weights c_i = 1; while sum_i c_i > n - 2f: mu_c = sum c_i x_i / sum c_i,
+    Sigma_c = sum c_i (x_i - mu_c)(x_i - mu_c)^T / sum c_i with top eigenpair (lambda, v),
+    tau_i = <x_i - mu_c, v>^2, c_i <- c_i (1 - tau_i / max_j tau_j). The output is the mu_c
+    of the smallest lambda met (the first one on ties). Allouah, Guerraoui, Stephan, ICML 2025,
+    Algorithm 2, as ByzFL states it.
+
+    Exact where ByzFL approximates: ByzFL takes (lambda, v) from ONE power iteration from a
+    random start; here they are exact, from the eigendecomposition of an n x n matrix built
+    from one float64 Gram matrix (whole-row sums; the output is a weighted sum of rows, so
+    a sharded server needs no d-sized exchange). Choices: max_j tau_j is over the rows
+    still weighted (``tau_max="weighted"``, as in the weighted filters CAF builds on: every
+    step then zeroes a row, so at most n steps run); ``tau_max="all"`` takes it over all
+    rows as ByzFL's code does, which differs when a row already at weight 0 projects
+    farthest (it then slows every later step); a step whose lambda is 0 (the weighted
+    rows coincide) ends the loop, its mean being optimal; with f = 0 no step runs and the
+    output is the mean (ByzFL returns None).
+    A NaN/inf row starts at weight 0 (the limit of an infinitely far row: the first step
+    zeroes it and its lambda is +inf). Needs n > 2f. Output: average scale.
+    """
+    n = x.shape[0]
+    norms, rows, G = _finite_gram(x, sharding)
+    if f == 0 or rows.numel() <= n - 2 * f:      # no step runs: the plain mean
+        return _mean_rows(x)
+    w = torch.zeros(n, dtype=torch.float64)
+    w[rows] = _caf_weights(G, n, f, tau_max)
+    return _combine(x, w, torch.isfinite(norms))
+
+
+def _monna_check(n, f, idx):
+    msg = _needs_honest_majority("monna")(n, f)
+    if msg:
+        return msg
+    if idx >= n:
+        return f"monna: needs idx < n, got idx={idx}, n={n}, f={f}"
+    return None
+
+
+@register("monna", reference=_REFERENCES["monna"],
+          coordinatewise=False, check=_monna_check, validators={"idx": _v_int(0)})
+def monna(x: Tensor, *, f: int, idx: int = 0, sharding: Sharding = WHOLE) -> Tensor:
+    """MoNNA's aggregation: the average of the n - f rows nearest to row ``idx``, itself included.
+
+    x: (n, d) -> (d,). In the peer-to-peer MoNNA algorithm (Farhadkhani et al., ICML 2023)
+    an honest node averages the n - f vectors closest to its own; ``idx`` is the row of that
+    trusted vector (default 0, as in ByzFL). Not invariant to permuting the rows, by
+    definition: row ``idx`` is the reference. Distances ||x_i - x_idx|| are computed
+    directly in float64 (no overflow; sharded, summed over the slices); a NaN/inf row is at
+    +inf and left out while at most f rows are bad (if row idx itself is bad, the output is
+    not finite). Ties: the lower row index (ByzFL's argpartition leaves them unspecified).
+    Needs n > 2f and idx < n. Output: average scale.
+    """
+    n, d = x.shape
+    sq = torch.zeros(n, dtype=torch.float64)
+    width = max(1, min(d, (1 << 21) // n))
+    for j in range(0, d, width):                 # float64 a column chunk at a time: no overflow
+        chunk = x[:, j:j + width].to(torch.float64)
+        sq += (chunk - chunk[idx]).square_().sum(dim=1)
+    total = sharding.sum(sq)                     # squared distances: the same order
+    dist = total.masked_fill(torch.isnan(total), math.inf)
+    ok = torch.isfinite(dist)
+    dist[idx] = 0.0                              # itself first, even when not finite
+    near = torch.sort(dist, stable=True).indices[: n - f]
+    w = torch.zeros(n, dtype=torch.float64)
+    w[near] = 1.0 / (n - f)
+    return _combine(x, w, ok)
+
+
+def _dnc_removed(f: int, c: float) -> int:
+    return _count_of_fraction(c, f, "floor")
+
+
+def _dnc_check(n, f, niters, b, c):
+    msg = _needs_honest_majority("dnc")(n, f)
+    if msg:
+        return msg
+    if _dnc_removed(f, c) >= n:
+        return f"dnc: removes floor(c f) = {_dnc_removed(f, c)} rows a round, needs fewer than n, got n={n}, f={f}"
+    return None
+
+
+def _v_nonnegative(rule, key, v):
+    if not _is_real(v) or not (v >= 0) or not math.isfinite(v):
+        return f"{rule}: {key} must be a finite number >= 0, got {v!r}"
+    return None
+
+
+def _slice_columns(width: int, sharding: Sharding) -> tuple[int, int]:
+    """(first column of this slice, number of columns of the whole rows).
+
+    Every slice calls this (it sums through ``sharding``). The slice's position is
+    ``sharding.index``; a slice that gives none, or positions that collide, stop the rule
+    rather than draw different columns on different slices.
+    """
+    k = sharding.slices
+    if k == 1:
+        return 0, width
+    index = sharding.index
+    part = torch.zeros(2 * k, dtype=torch.float64)
+    if index is not None and 0 <= index < k:
+        part[index] = width
+        part[k + index] = 1.0
+    total = sharding.sum(part)
+    if not bool((total[k:] == 1).all()):
+        raise ValueError("dnc: the slices must know their positions in column order (sharding.index) to "
+                         "draw the same columns")
+    widths = total[:k].round().long()
+    return int(widths[:index].sum()), int(widths.sum())
+
+
+def _sample_columns(d: int, b: int, gen: torch.Generator) -> Tensor:
+    """b distinct column indices out of d, uniformly at random: the first b distinct values
+    of a stream of uniform draws (randperm for large b / d, where repeats would be common)."""
+    if 4 * b >= d:
+        return torch.randperm(d, generator=gen)[:b]
+    stream = np.empty(0, dtype=np.int64)
+    while True:
+        stream = np.concatenate([stream, torch.randint(d, (2 * b,), generator=gen).numpy()])
+        _, first = np.unique(stream, return_index=True)
+        if first.size >= b:
+            return torch.from_numpy(stream[np.sort(first)[:b]])
+
+
+@register("dnc", reference=_REFERENCES["dnc"],
+          coordinatewise=False, check=_dnc_check,
+          validators={"niters": _v_int(1), "b": _v_int(1), "c": _v_nonnegative})
+def dnc(x: Tensor, *, f: int, niters: int = 1, b: int = 10000, c: float = 1.0,
+        rng: torch.Generator | None = None, sharding: Sharding = WHOLE) -> Tensor:
+    """Divide-and-conquer (Shejwalkar and Houmansadr, NDSS 2021, Algorithm 2).
+
+    x: (n, d) -> (d,). ``niters`` rounds, each: draw b of the d coordinates uniformly without
+    replacement (all of them when b >= d), centre the rows on those coordinates at their
+    mean, take the top right singular vector v of that (n, b) block, score row i by
+    <x_i - mean, v>^2 and keep the n - floor(c f) lowest scores. The output is the mean of
+    the rows kept in every round (the intersection); should that be empty, which needs
+    niters * floor(c f) >= n, the rows kept in the most rounds are averaged instead (the
+    paper leaves that case open). Defaults: niters = 1, b = 10000, c = 1.0, those of the
+    Blades implementation (the paper takes them as inputs; ByzFL has no DnC). c f is
+    rounded down.
+
+    The scores need only the (n, n) Gram matrix of the centred sub-block: with eigenpair
+    (lambda, u) on top, the projections are sqrt(lambda) u, so score_i = lambda u_i^2. Sharded,
+    the draw is over the whole d from the same generator on every slice; each slice uses
+    the drawn columns it holds and the Gram matrices are summed. ``rng``: the server's
+    generator (``build`` passes it); None draws from a generator seeded with 0, so direct
+    calls are deterministic. A NaN/inf row (anywhere, not only in the drawn columns) scores
+    +inf and is removed first. Ties: the lower row index. Needs n > 2f. Output: average scale.
+    """
+    n, width = x.shape
+    gen = rng if rng is not None else torch.Generator().manual_seed(0)
+    offset, d = _slice_columns(width, sharding)
+    norms = _row_norms(x, sharding)
+    rows = torch.isfinite(norms).nonzero().flatten()
+    xs = x.index_select(0, rows)
+    kept_rounds = torch.zeros(n, dtype=torch.int64)
+    for _ in range(niters if rows.numel() else 0):
+        if b >= d:
+            block = xs.to(torch.float64)
+        else:
+            cols = _sample_columns(d, b, gen)
+            mine = cols[(cols >= offset) & (cols < offset + width)] - offset
+            block = xs.index_select(1, mine).to(torch.float64)
+        block -= block.mean(dim=0, keepdim=True)  # per column: the same on every slice
+        G = sharding.sum(block @ block.T)
+        lam, U = torch.linalg.eigh((G + G.T) / 2)
+        scores = torch.full((n,), math.inf, dtype=torch.float64)
+        scores[rows] = lam[-1].clamp_min(0.0) * U[:, -1].square()
+        kept_rounds[torch.sort(scores, stable=True).indices[: n - _dnc_removed(f, c)]] += 1
+    if not rows.numel():                         # no finite row: the first n - floor(c f)
+        kept_rounds[: n - _dnc_removed(f, c)] = 1
+    kept = (kept_rounds == kept_rounds.max()).nonzero().flatten()
+    return _average_of(x, kept, norms)
+
+
+# --------------------------------------------------------------------------
 # Pre-aggregation
 # --------------------------------------------------------------------------
 
@@ -1443,8 +1984,8 @@ def build(name: str, *, f: int, params: Mapping[str, Any] | None = None,
 
     Names and parameters are validated now (``ValueError``); bounds that
     depend on n are checked with :func:`check_pipeline` on every call.
-    ``rng`` is passed to every step (bucketing needs one; sharded, every
-    slice's rank holds the same generator, so all draw the same shuffle).
+    ``rng`` is passed to every step and to a rule that draws (``dnc``; bucketing needs one;
+    sharded, every slice's rank holds the same generator, so all draw the same).
     ``sharding``: x is this rank's slice of the columns (see :class:`Sharding`).
     """
     params = dict(params or {})
@@ -1470,15 +2011,23 @@ def build(name: str, *, f: int, params: Mapping[str, Any] | None = None,
             raise ValueError(msg)
         steps.append((step, p))
 
-    def aggregate(x: Tensor, rng: torch.Generator | None = None) -> Tensor:
+    def aggregate(x: Tensor, rng: torch.Generator | None = None, root: Tensor | None = None) -> Tensor:
         msg = check_pipeline(name, x.shape[0], f, params, pre, step_params)
         if msg:
             raise ValueError(msg)
         f_now = f
         for step, p in steps:
             x, f_now = step(x, f=f_now, rng=rng, sharding=sharding, **p)
-        return rule(x, f=f_now, sharding=sharding, **params)
+        given = {"rng": rng} if getattr(rule, "takes_rng", False) else {}
+        if getattr(rule, "takes_root", False):
+            given["root"] = root
+        return rule(x, f=f_now, sharding=sharding, **given, **params)
 
     aggregate.__name__ = "+".join(pre + (name,))
     aggregate.__doc__ = f"Pipeline {' -> '.join(pre + (name,))} with f={f}."
     return aggregate
+
+
+# The rules and steps of their own modules register here too, so that importing this module
+# (the protocols do) gives the whole registry.
+from . import clipping, fltrust  # noqa: E402,F401

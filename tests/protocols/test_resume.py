@@ -36,6 +36,8 @@ CASES = {
     "server, momentum + local steps + sampling": [*SERVER, "--aggregator.name", "cwtm", "--agents.momentum", "0.9",
                                                   "--agents.local_steps", "3", "--agents.local_lr", "0.05",
                                                   "--agents.sample", "4", "--aggregator.f", "1"],
+    # FLTrust: the server's root set and its batch sampler
+    "server, fltrust": [*SERVER, "--aggregator.name", "fltrust", "--server.root_samples", "40"],
     # a server of two ranks: each saves and restores its slice of the model and of the averaging memory
     "server, sharded": [*SERVER, "--aggregator.name", "krum", "--aggregator.averaging", "0.3",
                         "--server.ranks", "2"],

@@ -20,6 +20,9 @@ COORDINATE_WISE = {"mean", "cwtm", "trimmed_mean", "median", "meamed", "majority
 SETTINGS = [(name, {}, ()) for name in sorted(aggregators.REGISTRY)] + [
     ("cwtm", {}, ("nnm",)), ("median", {}, ("bucketing",)), ("multikrum", {"m": 3}, ()),
     ("cc", {"iters": 3, "tau": 0.5}, ()), ("mom", {"groups": 6}, ()),
+    # dnc drawing 17 of the 103 columns: the same draw over the whole d on every slice.
+    ("dnc", {"b": 17, "niters": 3}, ()), ("dnc", {"b": 60, "c": 1.5}, ()),
+    ("caf", {"tau_max": "all"}, ()), ("monna", {"idx": 4}, ()),
 ]
 
 
@@ -49,9 +52,12 @@ def test_sharded_rule_returns_its_slice_of_the_whole_output(world, name, params,
     f = 2
     whole = aggregators.build(name, f=f, params=params, pre=pre)
     sharded = aggregators.build(name, f=f, params=params, pre=pre, sharding=SliceSums(world))
-    expected = whole(x, torch.Generator().manual_seed(9))[lo:hi]
+    # fltrust's yardstick, the server's own gradient: here a row of its own, sliced like the block
+    root = {"root": torch.linspace(-1.0, 2.0, x.shape[1])} if name == "fltrust" else {}
+    expected = whole(x, torch.Generator().manual_seed(9), **root)[lo:hi]
 
-    got = sharded(x[:, lo:hi].contiguous(), torch.Generator().manual_seed(9))
+    got = sharded(x[:, lo:hi].contiguous(), torch.Generator().manual_seed(9),
+                  **{k: v[lo:hi] for k, v in root.items()})
 
     if name in COORDINATE_WISE and not pre:
         torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
