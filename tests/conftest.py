@@ -14,7 +14,7 @@ MNIST_DIR = Path(os.environ.get("MPISIM_MNIST_DIR", ROOT.parent / "shared" / "da
 
 
 def pytest_ignore_collect(collection_path, config):
-    # tests/mpi/collectives/ holds pytest-mpi tests: they run inside mpiexec
+    # tests/collectives/ holds pytest-mpi tests: they run inside mpiexec
     # (see test_collectives.py), not in the plain pytest process.
     if "collectives" in collection_path.parts and not config.getoption("--with-mpi", default=False):
         return True

@@ -1,6 +1,7 @@
 """CIFAR-10 from batch files written in the original python-pickle format."""
 
 import io
+import json
 import os
 import pickle
 
@@ -160,3 +161,17 @@ def test_missing_or_malformed_batches_are_named(tmp_path):
         data.load("cifar10", tmp_path / "nowhere", "test")
     with pytest.raises(data.DataError, match="set data.root"):
         data.load("cifar10", "", "test")
+
+
+@pytest.mark.processes
+def test_lenet_trains_on_cifar10_batches_in_the_original_format(mpirun, tmp_path):
+    make_cifar(tmp_path / "data")
+    result = mpirun(3, ["-m", "mpisim.server_mode", "--data.name", "cifar10", "--data.root",
+                        str(tmp_path / "data"), "--agents.n", "4", "--agents.per_rank", "2",
+                        "--data.batch_size", "2", "--run.rounds", "3", "--run.eval_every", "3",
+                        "--run.progress", "false", "--run.out_dir", str(tmp_path), "--run.name", "c"],
+                    timeout=180)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["d"] == 657_080 and summary["test_samples"] == 3  # LeNet on 3x32x32 inputs

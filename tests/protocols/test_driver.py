@@ -96,7 +96,7 @@ FAKE = textwrap.dedent("""
     import errno, sys
     import numpy as np
     from mpisim import config, metrics
-    from mpisim.protocols import driver
+    from mpisim.protocols import driver, server_config
 
     class Count(driver.Role):
         role = "server"
@@ -147,17 +147,3 @@ def test_the_driver_logs_on_schedule_and_writes_the_summary_before_the_model(tmp
         assert result.returncode != 0 and "No space left" in result.stderr
         assert not (run_dir / "model.npy").exists()
 
-
-def test_lenet_trains_on_cifar10_batches_in_the_original_format(mpirun, tmp_path):
-    from test_cifar import make_cifar
-
-    make_cifar(tmp_path / "data")
-    result = mpirun(3, ["-m", "mpisim.server_mode", "--data.name", "cifar10", "--data.root",
-                        str(tmp_path / "data"), "--agents.n", "4", "--agents.per_rank", "2",
-                        "--data.batch_size", "2", "--run.rounds", "3", "--run.eval_every", "3",
-                        "--run.progress", "false", "--run.out_dir", str(tmp_path), "--run.name", "c"],
-                    timeout=180)
-
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
-    assert summary["d"] == 657_080 and summary["test_samples"] == 3  # LeNet on 3x32x32 inputs

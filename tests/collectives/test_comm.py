@@ -1,7 +1,7 @@
 """Buffer collectives of mpisim.mpi.comm, run on 3+ real ranks by pytest-mpi.
 
-Run from tests/mpi/test_collectives.py as
-``mpiexec -n 4 python -m pytest --with-mpi tests/mpi/collectives``.
+Run from tests/test_collectives.py as
+``mpiexec -n 4 python -m pytest --with-mpi tests/collectives``.
 Row counts differ between ranks on purpose (unequal message sizes).
 """
 
