@@ -16,8 +16,8 @@ Two checks that a refactoring changed nothing a user sees (issue 18, must-show 6
   machine's drift falls on both.
 
 The old side is ``git archive REV`` in a temporary directory, imported
-through PYTHONPATH. Saves benchmarks/results/before_after.json and prints a
-table.
+through PYTHONPATH. Saves benchmarks/results/before_after.json (``--out``)
+and prints a table.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="alternations of the round-time benchmark")
     parser.add_argument("--rounds", type=int, default=200, help="rounds of the CGE cells")
     parser.add_argument("--skip-round-time", action="store_true")
+    parser.add_argument("--out", default="before_after.json", help="result file under benchmarks/results/")
     args = parser.parse_args()
     old_rev = subprocess.run(["git", "rev-parse", "--short", args.old], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -122,7 +123,7 @@ def main() -> None:
                          f"{statistics.median(ms['new']) / statistics.median(ms['old']):.3f}"])
         print(markdown_table(["agents per rank", f"round ms at {old_rev} (median)", f"at {new_rev}", "new / old"],
                              rows))
-    save_json("before_after.json", {"command": "python benchmarks/" + " ".join(Path(a).name if i == 0 else a
+    save_json(args.out, {"command": "python benchmarks/" + " ".join(Path(a).name if i == 0 else a
                                                                            for i, a in enumerate(sys.argv)),
                                     "old": old_rev, "new": new_rev, "machine": machine(),
                                     "accuracy": accuracy, "round_time": timing})
