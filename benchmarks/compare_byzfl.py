@@ -307,6 +307,57 @@ def attack_pipelines(Z, f: int):
     return {k: (ours[k], theirs[k]) for k in ours}
 
 
+def traced_ours(name: str, own, honest, f: int, ctx, step: float):
+    """Our attack's row and its line search's (x, objective) pairs."""
+    trace, search = [], ATT._line_search
+
+    def recording(objective, **kw):
+        def obj(x):
+            y = float(objective(x))
+            trace.append((x, y))
+            return y
+        return search(obj, **kw)
+
+    ATT._line_search = recording
+    try:
+        got = ATT.REGISTRY[name].fn(own, honest=honest, f=f, rngs=None, ctx=ctx, step=step)
+    finally:
+        ATT._line_search = search
+    assert bool((got == got[0]).all())
+    return got[0], trace
+
+
+def traced_theirs(attack, honest):
+    """ByzFL's attack vector and its line search's (tau, objective) pairs."""
+    trace, evaluate = [], attack._evaluate
+
+    def recording(h, avg, tau):
+        y = evaluate(h, avg, tau)
+        trace.append((tau, y))
+        return y
+
+    attack._evaluate = recording
+    return attack(honest), trace
+
+
+def first_split(ours: list, theirs: list, sign: float) -> dict:
+    """Where two line searches part: the first evaluation (of the same x) that one counts as an
+    improvement and the other not, its objective and the best before it in each. Relative margins
+    below ~1e-6 mean float rounding decided (a plateau of the objective, as where clipping saturates)."""
+    best_o = best_t = -math.inf
+    for i, ((xo, yo), (xt, yt)) in enumerate(zip(ours, theirs)):
+        if not math.isclose(xo, sign * xt, rel_tol=1e-9, abs_tol=1e-12):
+            return {"split_after_eval": i, "note": "different x tried without a different decision"}
+        if (yo > best_o) != (yt > best_t):
+            mo = (yo - best_o) / abs(best_o) if math.isfinite(best_o) and best_o else math.inf
+            mt = (yt - best_t) / abs(best_t) if math.isfinite(best_t) and best_t else math.inf
+            return {"split_at_eval": i, "x": xo, "ours_y": yo, "ours_best_before": best_o, "byzfl_y": yt,
+                    "byzfl_best_before": best_t, "ours_margin": mo, "byzfl_margin": mt,
+                    "float_tie": max(abs(mo), abs(mt)) < 1e-6}
+        best_o, best_t = max(best_o, yo), max(best_t, yt)
+    return {"split_at_eval": None}
+
+
 def run_agreement(Z, args) -> None:
     torch.set_num_threads(1)
     B, P, T = Z.agg, Z.pre, Z.attacks
@@ -365,14 +416,24 @@ def run_agreement(Z, args) -> None:
                     ("opt_alie", T.Optimal_ALittleIsEnough, -10.0, "opt_alie (step = -10: mu + z sigma)"),
                     ("opt_alie", T.Optimal_ALittleIsEnough, 10.0, "opt_alie (default: mu - z sigma)"),
                     ("opt_ipm", T.Optimal_InnerProductManipulation, 10.0, "opt_ipm")):
-                got = ATT.REGISTRY[ours_name].fn(own, honest=honest, f=f, rngs=None, ctx=ctx, step=step)
-                assert bool((got == got[0]).all())
-                outs = {}
+                got, ours_trace = traced_ours(ours_name, own, honest, f, ctx, step)
+                outs, traces = {}, {}
                 for backend, arg in (("numpy", honest.numpy().copy()), ("torch", honest.clone())):
                     a, pre = make()
-                    outs[backend] = cls(agg=a, pre_agg_list=pre, f=f)(arg)
-                check(f"{label} / {pname}", ours_name, cls.__name__, got[0], outs, pipeline=pname)
+                    outs[backend], traces[backend] = traced_theirs(cls(agg=a, pre_agg_list=pre, f=f), arg)
+                sign = -1.0 if step < 0 else 1.0    # ours tries x where ByzFL tries -x (step -10)
+                for backend, ref in outs.items():
+                    dd = diff(got, ref)
+                    ok = dd <= tol(ref)
+                    extra = {} if ok else {"pipeline": pname, **first_split(ours_trace, traces[backend], sign)}
+                    if not ok and step > 0 and ours_name == "opt_alie":
+                        extra = {"pipeline": pname, "why": "definition: ours mu - z sigma, ByzFL mu + z sigma"}
+                    tally.add(f"{label} / {pname}", ours_name, cls.__name__, {**case, "backend": backend},
+                              dd, ok, extra)
     items = list(tally.items.values())
+    for t in items:
+        if any("float_tie" in c for c in t["disagreements"]):
+            t["disagreements_decided_by_a_float_tie"] = sum(bool(c.get("float_tie")) for c in t["disagreements"])
     edge = edge_cases(Z)
     header = ["compared", "ours", "ByzFL / reference", "cases", "agree", "max abs difference"]
     table = markdown_table(header, [[t["item"], f"`{t['ours']}`", f"`{t['byzfl']}`", t["cases"],

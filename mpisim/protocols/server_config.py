@@ -47,7 +47,7 @@ class CompressionConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """[server]: how many ranks the parameter server takes."""
+    """[server]: how many ranks the parameter server takes, how it filters, and its own root set (fltrust)."""
 
     ranks: int = option(1, "ranks of the parameter server (ranks 0..S-1), each owning a contiguous slice of d / S "
                            "coordinates of the model and of every agent's message; the agents start at rank S")

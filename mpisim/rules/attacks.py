@@ -544,24 +544,23 @@ def opt_ipm(own: torch.Tensor, *, honest: torch.Tensor, f: int, rngs=None, ctx: 
     return _repeat(-eps * mu, a, own.dtype)
 
 
-def _check_opt_alie(n: int, num_byzantine: int, *, evals, start, step, ratio) -> str | None:
-    f = num_byzantine
-    bad = _not_search(evals, start, step, ratio)
-    if bad:
-        return bad
-    if f > 0 and n - f < 2:
-        return f"opt_alie needs at least 2 honest agents for a standard deviation; {_setting(n, f)}"
-    return None
+def _check_searched(least: int, why: str):
+    """The check of an attack whose factor is searched: the search's parameters, and at least ``least``
+    honest agents (``why`` says what for)."""
+    def check_fn(n: int, num_byzantine: int, *, evals, start, step, ratio) -> str | None:
+        f = num_byzantine
+        bad = _not_search(evals, start, step, ratio)
+        if bad:
+            return bad
+        if f > 0 and n - f < least:
+            return f"{why}; {_setting(n, f)}"
+        return None
+
+    return check_fn
 
 
-def _check_opt_ipm(n: int, num_byzantine: int, *, evals, start, step, ratio) -> str | None:
-    f = num_byzantine
-    bad = _not_search(evals, start, step, ratio)
-    if bad:
-        return bad
-    if f > 0 and n - f < 1:
-        return f"opt_ipm averages the honest gradients, so it needs at least 1 honest agent; {_setting(n, f)}"
-    return None
+_check_opt_alie = _check_searched(2, "opt_alie needs at least 2 honest agents for a standard deviation")
+_check_opt_ipm = _check_searched(1, "opt_ipm averages the honest gradients, so it needs at least 1 honest agent")
 
 
 _PERTURBATIONS = ("std", "unit", "sign")
