@@ -310,8 +310,9 @@ def alie(own: torch.Tensor, *, honest: torch.Tensor, f: int, rngs=None,
     default here (``stats="honest"``; ``stats="faulty"`` gives the paper's
     estimate from ``own``). The paper allows any value in mu +- z sigma; the
     minus sign is used. sigma is the Bessel-corrected sample standard
-    deviation (``unbiased=True``, as torch.std); ``unbiased=False`` divides by
-    the count instead, as ByzFL does.
+    deviation (``unbiased=True``, as torch.std and as ByzFL 0.0.11's
+    ``ALittleIsEnough``, whose variance has ddof=1 on both back ends);
+    ``unbiased=False`` divides by the count instead.
     """
     _need_2d(own)
     honest = _need_honest(honest, own, "alie")

@@ -28,20 +28,31 @@ _REFERENCES = {
 }
 
 
+# A factor below this is computed in float64 on its row: in float32 it would lose digits (subnormal).
+_TINY_FACTOR = 1e-30
+
+
 def _scaled(x: Tensor, norms: Tensor, limit: Tensor, clipped: Tensor) -> Tensor:
     """x with each row i where ``clipped[i]`` scaled by min(1, limit[i] / ||x_i||); non-finite rows -> 0.
 
-    Only the scaled rows are copied to float64, so that a row of 1e38 scaled to a small norm
-    keeps its precision (its factor would be a float32 subnormal)."""
-    out = x.clone()
+    One float32 pass over the block (a new tensor: x is left as it is). The rows whose factor would
+    be a float32 subnormal (a row of 1e38 scaled to a small norm) are done again in float64, and rows
+    with NaN or inf, which have no direction (0 * NaN would be NaN), are set to zero."""
     idx = (clipped & (norms > limit)).nonzero().flatten()
-    if idx.numel():
-        n_i, c_i = norms[idx], limit[idx]
-        finite = torch.isfinite(n_i)
-        factor = torch.where(finite, c_i / torch.where(finite, n_i, 1.0), 0.0)
-        rows = x.index_select(0, idx).to(torch.float64)
-        rows[~finite] = 0.0  # no direction: 0 * NaN would be NaN
-        out[idx] = (rows * factor[:, None]).to(x.dtype)
+    if not idx.numel():
+        return x.clone()
+    n_i, c_i = norms[idx], limit[idx]
+    finite = torch.isfinite(n_i)
+    factor = torch.where(finite, c_i / torch.where(finite, n_i, 1.0), 0.0)
+    scale = torch.ones(x.shape[0], dtype=torch.float64)
+    scale[idx] = factor
+    out = torch.mul(x, scale.to(x.dtype)[:, None])
+    redo = idx[finite & (factor < _TINY_FACTOR)]
+    if redo.numel():
+        out[redo] = (x[redo].to(torch.float64) * scale[redo, None]).to(x.dtype)
+    gone = idx[~finite]
+    if gone.numel():
+        out[gone] = 0.0
     return out
 
 
