@@ -53,9 +53,8 @@ class ServerConfig:
                            "coordinates of the model and of every agent's message; the agents start at rank S")
     threads: int = option(2, "threads of each server rank's coordinate-wise filter, over chunks of columns (the "
                              "agents wait while it runs); every count gives the same model")
-    root_samples: int = option(0, "the server's clean root set for fltrust: this many training samples drawn with the "
-                                  "server's own stream, on which it computes its own gradient every round (the "
-                                  "batch of data.batch_size, as an agent's); 0: none (rules other than fltrust)")
+    root_samples: int = option(0, "fltrust's clean root set: training samples drawn on the server's own stream, its "
+                                  "gradient on a batch of them every round (0: none, for every other rule)")
 
 
 @dataclass(frozen=True)
