@@ -20,8 +20,9 @@ median; "best" is the faster of ByzFL's two back ends. A size whose warm-up
 calls together take longer than ``--budget`` seconds gets fewer rounds (as many
 as fit, at least the warm-up itself, which then is the one sample). The memory
 pass is a sum of the rows (numpy's reduction along axis 0: every entry read once).
-ByzFL's Clipping and ARC overwrite their input, so they get a fresh copy made
-outside the timed call.
+ByzFL's Clipping and ARC overwrite their input, and so do ours as the server
+runs them (``overwrite=True``: the inbox is rewritten every round), so both get
+a fresh copy made outside the timed call.
 
 Pairs: cwtm / TrMean(f), median / Median, meamed / Meamed(f) (the same
 definitions: TrMean sorts each column and averages the middle n - 2f, Median
@@ -96,9 +97,11 @@ def ours_pre(name: str, **params):
 
 
 def pairs(Z, f: int) -> dict:
-    """rule -> (ours, theirs, theirs overwrites its input): each a function of the (torch, numpy) block."""
+    """rule -> (ours, theirs, both overwrite their input): each a function of the (torch, numpy) block.
+    ByzFL's Clipping and ARC scale their input in place; ours do too when told, as the server's
+    pipeline tells them (its inbox is rewritten every round)."""
     B, P = Z.agg, Z.pre
-    clip, arc = ours_pre("clipping", c=2.0), ours_pre("arc")
+    clip, arc = ours_pre("clipping", c=2.0, overwrite=True), ours_pre("arc", overwrite=True)
     return {
         "cwtm": (lambda x: A.cwtm(x, f=f), B.TrMean(f=f), False),
         "median": (lambda x: A.median(x, f=f), B.Median(), False),
@@ -155,11 +158,11 @@ def run_speed(Z, args) -> None:
             if rule not in APPROXIMATE:
                 # The same result first: every entry but those where an exact tie between two values
                 # equally far from the median is broken another way (meamed; about 1 in 10^6).
-                got, ref = ours(x), as_tensor(theirs(fresh(xn, copies))).to(torch.float32)
+                got, ref = ours(fresh(x, copies)), as_tensor(theirs(fresh(xn, copies))).to(torch.float32)
                 differ = int((~torch.isclose(got, ref, rtol=1e-4, atol=1e-5)).sum())
                 if differ > got.numel() // 10**5:
                     raise SystemExit(f"{rule} at n={n}, d={d}: {differ} entries differ from ByzFL's")
-            callers = {"ours": (ours, x, False), "byzfl_torch": (theirs, x, copies),
+            callers = {"ours": (ours, x, copies), "byzfl_torch": (theirs, x, copies),
                        "byzfl_numpy": (theirs, xn, copies),
                        "pass": (lambda a: np.add.reduce(a, axis=0), xn, False)}
             torch.manual_seed(0)

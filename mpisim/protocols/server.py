@@ -244,7 +244,8 @@ class ServerRole(driver.Role):
         aggregators.set_threads(1 if server is None else server.threads)
         self.rule = aggregators.build(agg.name, f=agg.f, params=dict(agg.params), pre=agg.pre,
                                       pre_params={k: dict(v) for k, v in agg.pre_params.items()},
-                                      sharding=self.transport.sums)
+                                      sharding=self.transport.sums,
+                                      overwrite=self.state.averaging is None)  # the inbox is rewritten next round
         self.root = RootSet(cfg, self.problem, seed=cfg.run.seed, n=n) if root_samples else None
         if self.root is not None:  # FLTrust: the rule weighs the rows by the server's own gradient
             pipeline, span = self.rule, self.transport.own(model.d)

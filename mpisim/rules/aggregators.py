@@ -321,12 +321,17 @@ def register_pre(name: str, *, check: Callable[..., str | None],
     """Register a pre-aggregation step (:data:`mpisim.registry.pre_aggregators`); like
     :func:`register`, plus ``out(n, f, **params) -> (n2, f2)``: the number of rows after the
     step and the bound on how many of them may be bad. ``coordinatewise``: as for rules
-    (bucketing is: every slice draws the same shuffle)."""
+    (bucketing is: every slice draws the same shuffle).
+
+    A step whose implementation takes the keyword ``overwrite`` may write its result into x
+    when it is True (and return x); :func:`build` passes True only for a block the pipeline
+    owns. The registered step's ``overwrite`` defaults to False: x is left as it is."""
     validators = dict(validators or {})
 
     def deco(impl):
-        defaults = registry.keyword_defaults(impl, skip=("f", "rng", "sharding"))
+        defaults = registry.keyword_defaults(impl, skip=("f", "rng", "sharding", "overwrite"))
         whole_rows = _takes_sharding(impl)
+        in_place = "overwrite" in inspect.signature(impl).parameters
 
         def check_fn(n: int, f: int, **params) -> str | None:
             return (_param_problems(name, defaults, validators, params)
@@ -335,12 +340,14 @@ def register_pre(name: str, *, check: Callable[..., str | None],
 
         @functools.wraps(impl)
         def step(x: Tensor, *, f: int, rng: torch.Generator | None = None,
-                 sharding: Sharding = WHOLE, **params) -> tuple[Tensor, int]:
+                 sharding: Sharding = WHOLE, overwrite: bool = False, **params) -> tuple[Tensor, int]:
             x = _as_matrix(name, x)
             msg = check_fn(x.shape[0], f, **params)
             if msg:
                 raise ValueError(msg)
             where = {"sharding": sharding} if whole_rows else {}
+            if in_place:
+                where["overwrite"] = overwrite
             return impl(x, f=f, rng=rng, **where, **{**defaults, **params})
 
         step.check = check_fn
@@ -1979,7 +1986,7 @@ def check_pipeline(name: str, n: int, f: int, params: Mapping[str, Any] | None =
 
 def build(name: str, *, f: int, params: Mapping[str, Any] | None = None,
           pre: Sequence[str] = (), pre_params: Mapping[str, Mapping] | None = None,
-          sharding: Sharding = WHOLE) -> Callable[[Tensor, torch.Generator | None], Tensor]:
+          sharding: Sharding = WHOLE, overwrite: bool = False) -> Callable[[Tensor, torch.Generator | None], Tensor]:
     """The aggregator ``agg(x, rng=None) -> (d,)``: steps ``pre`` then rule ``name``.
 
     Names and parameters are validated now (``ValueError``); bounds that
@@ -1987,6 +1994,9 @@ def build(name: str, *, f: int, params: Mapping[str, Any] | None = None,
     ``rng`` is passed to every step and to a rule that draws (``dnc``; bucketing needs one;
     sharded, every slice's rank holds the same generator, so all draw the same).
     ``sharding``: x is this rank's slice of the columns (see :class:`Sharding`).
+    ``overwrite``: the caller gives up x (the server's inbox, which the next round rewrites), so
+    the steps that can (``clipping``, ``arc``) scale it in place instead of writing a new block.
+    Either way a step may work in place on a block an earlier step made.
     """
     params = dict(params or {})
     if isinstance(pre, str):
@@ -2015,9 +2025,11 @@ def build(name: str, *, f: int, params: Mapping[str, Any] | None = None,
         msg = check_pipeline(name, x.shape[0], f, params, pre, step_params)
         if msg:
             raise ValueError(msg)
-        f_now = f
+        f_now, owned = f, overwrite
         for step, p in steps:
-            x, f_now = step(x, f=f_now, rng=rng, sharding=sharding, **p)
+            y, f_now = step(x, f=f_now, rng=rng, sharding=sharding, overwrite=owned, **p)
+            owned = owned or y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+            x = y
         given = {"rng": rng} if getattr(rule, "takes_rng", False) else {}
         if getattr(rule, "takes_root", False):
             given["root"] = root

@@ -11,6 +11,8 @@ counts among its f bad ones.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from . import aggregators
@@ -32,45 +34,55 @@ _REFERENCES = {
 _TINY_FACTOR = 1e-30
 
 
-def _scaled(x: Tensor, norms: Tensor, limit: Tensor, clipped: Tensor) -> Tensor:
+def _scaled(x: Tensor, norms: Tensor, limit: Tensor, clipped: Tensor, overwrite: bool) -> Tensor:
     """x with each row i where ``clipped[i]`` scaled by min(1, limit[i] / ||x_i||); non-finite rows -> 0.
 
-    One float32 pass over the block (a new tensor: x is left as it is). The rows whose factor would
-    be a float32 subnormal (a row of 1e38 scaled to a small norm) are done again in float64, and rows
-    with NaN or inf, which have no direction (0 * NaN would be NaN), are set to zero."""
-    idx = (clipped & (norms > limit)).nonzero().flatten()
-    if not idx.numel():
-        return x.clone()
-    n_i, c_i = norms[idx], limit[idx]
-    finite = torch.isfinite(n_i)
-    factor = torch.where(finite, c_i / torch.where(finite, n_i, 1.0), 0.0)
-    scale = torch.ones(x.shape[0], dtype=torch.float64)
-    scale[idx] = factor
-    out = torch.mul(x, scale.to(x.dtype)[:, None])
-    redo = idx[finite & (factor < _TINY_FACTOR)]
-    if redo.numel():
-        out[redo] = (x[redo].to(torch.float64) * scale[redo, None]).to(x.dtype)
-    gone = idx[~finite]
-    if gone.numel():
-        out[gone] = 0.0
-    return out
+    One float32 pass over the rows that change: into x itself when ``overwrite`` (only those rows
+    are written; when most rows change, one multiply of the whole block by factors of 1 and the
+    rest is cheaper than picking rows), else into a new block. The rows whose factor would be a
+    float32 subnormal (a row of 1e38 scaled to a small norm) are done in float64, and rows with
+    NaN or inf, which have no direction (0 * NaN would be NaN), are set to zero."""
+    over = clipped & (norms > limit)
+    factor = torch.where(over, limit / torch.where(over, norms, 1.0), 1.0)  # 0 where norms is inf
+    careful = over & ((factor < _TINY_FACTOR) | ~torch.isfinite(norms))
+    if bool(careful.any()):  # rare: handled first, then left at factor 1 in the pass below
+        idx = careful.nonzero().flatten()
+        rows = (x[idx].to(torch.float64) * factor[idx, None]).to(x.dtype)
+        rows[~torch.isfinite(norms[idx])] = 0.0
+        x = x if overwrite else x.clone()
+        x[idx] = rows
+        factor[idx] = 1.0
+        over &= ~careful
+        overwrite = True
+    count = int(over.sum())
+    if not overwrite:
+        return torch.mul(x, factor.to(x.dtype)[:, None]) if count else x.clone()
+    if 2 * count > x.shape[0]:
+        return x.mul_(factor.to(x.dtype)[:, None])
+    if count:
+        idx = over.nonzero().flatten()
+        with warnings.catch_warnings():  # index_reduce_ is "beta" in torch 2.13 (its API, not its results)
+            warnings.simplefilter("ignore", UserWarning)
+            x.index_reduce_(0, idx, factor[idx].to(x.dtype)[:, None].expand(count, x.shape[1]), "prod")
+    return x
 
 
 @aggregators.register_pre("clipping", reference=_REFERENCES["clipping"], coordinatewise=False,
                           check=lambda n, f, c: None, out=lambda n, f, c: (n, f),
                           validators={"c": aggregators._v_positive})
 def clipping(x: Tensor, *, f: int, rng: torch.Generator | None = None, c: float = 2.0,
-             sharding: Sharding = WHOLE) -> tuple[Tensor, int]:
+             sharding: Sharding = WHOLE, overwrite: bool = False) -> tuple[Tensor, int]:
     """Static clipping: every row longer than c is scaled down to norm c.
 
     x: (n, d) -> ((n, d), f). x_i <- min(1, c / ||x_i||) x_i (Euclidean norm of the whole row;
     c = 2 by default, as ByzFL 0.0.11's ``Clipping``). A zero row stays zero. A row with NaN or
     +/-inf becomes a zero row (ByzFL leaves a NaN row as it is and turns an inf row into NaN):
     every output row then has norm at most c. f is returned unchanged; ``rng`` is unused.
+    ``overwrite``: scale x in place (see :func:`mpisim.rules.aggregators.build`).
     """
     norms = aggregators._row_norms(x, sharding)
     limit = torch.full_like(norms, float(c))
-    return _scaled(x, norms, limit, torch.ones_like(norms, dtype=torch.bool)), f
+    return _scaled(x, norms, limit, torch.ones_like(norms, dtype=torch.bool), overwrite), f
 
 
 def arc_count(n: int, f: int) -> int:
@@ -81,7 +93,7 @@ def arc_count(n: int, f: int) -> int:
 @aggregators.register_pre("arc", reference=_REFERENCES["arc"], coordinatewise=False,
                           check=aggregators._needs_honest_majority("arc"), out=lambda n, f: (n, f))
 def arc(x: Tensor, *, f: int, rng: torch.Generator | None = None,
-        sharding: Sharding = WHOLE) -> tuple[Tensor, int]:
+        sharding: Sharding = WHOLE, overwrite: bool = False) -> tuple[Tensor, int]:
     """Adaptive robust clipping: the k largest rows are clipped to the norm of the (k+1)-th largest.
 
     x: (n, d) -> ((n, d), f). With k = floor(2 (f / n) (n - f)) (Allouah et al. 2025, Algorithm
@@ -99,14 +111,15 @@ def arc(x: Tensor, *, f: int, rng: torch.Generator | None = None,
     int((2 f / n) (n - f)) in floating point, which falls one short where the product is an
     exact integer that rounds below itself: 254 settings with n <= 10,000 and n > 2f, the
     smallest n = 242, f = 33 (k = 57 here, 56 there). f is returned unchanged; ``rng`` is unused.
+    ``overwrite``: scale x in place (see :func:`mpisim.rules.aggregators.build`).
     """
     n = x.shape[0]
     k = arc_count(n, f)
     if k == 0:
-        return x.clone(), f
+        return (x if overwrite else x.clone()), f
     norms = aggregators._row_norms(x, sharding)
     order = torch.sort(norms, descending=True, stable=True).indices
     clipped = torch.zeros(n, dtype=torch.bool)
     clipped[order[:k]] = True
     limit = norms[order[k]].expand(n)
-    return _scaled(x, norms, limit, clipped), f
+    return _scaled(x, norms, limit, clipped, overwrite), f

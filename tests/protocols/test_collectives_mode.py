@@ -24,9 +24,10 @@ def run_both(mpirun, tmp_path, nprocs, args, model_file, ways=WAYS):
 
 
 def test_server_mode_gives_the_same_model_either_way(mpirun, tmp_path):
-    # coordinate_wise is omniscient: the faulty agents' scatter is exercised as well as the gather.
+    # coordinate_wise is omniscient: the faulty agents' scatter is exercised as well as the gather;
+    # arc scales the server's inbox (the shared window itself on that path) in place.
     args = ["-m", "mpisim.server_mode", "--agents.n", "6", "--agents.per_rank", "2", "--run.rounds", "4",
-            "--run.eval_every", "4", "--aggregator.name", "cwtm", "--aggregator.f", "2",
+            "--run.eval_every", "4", "--aggregator.name", "cwtm", "--aggregator.f", "2", "--aggregator.pre", "arc",
             "--byzantine.fault", "coordinate_wise", "--byzantine.count", "2"]
     models = run_both(mpirun, tmp_path, 4, args, "model.npy",
                       ways={**WAYS, "shared": {"MPISIM_TRANSPORT": "shared"}})

@@ -152,6 +152,37 @@ def test_input_is_not_modified():
         torch.testing.assert_close(x, before, rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("rows", [9, 40])  # 40 rows: arc clips fewer than half, so only those rows are written
+@pytest.mark.parametrize("name", ["clipping", "arc"])
+def test_overwrite_gives_the_same_bits_in_the_input_block(name, rows):
+    x = block(n=rows, d=7, seed=rows)
+    x[1, 2], x[3] = NAN, torch.tensor([3e38] * 7)  # a row to zero and one whose factor is float32-subnormal
+    fresh, _ = A.PRE_REGISTRY[name](x.clone(), f=3)
+
+    inbox = x.clone()
+    out, _ = A.PRE_REGISTRY[name](inbox, f=3, overwrite=True)
+
+    assert out.data_ptr() == inbox.data_ptr()
+    assert out.numpy().tobytes() == fresh.numpy().tobytes()
+    assert not torch.equal(torch.nan_to_num(out), torch.nan_to_num(x))  # something was clipped
+
+
+def test_build_overwrites_only_when_told_and_a_block_it_made_itself():
+    x = block()
+    before = x.clone()
+
+    kept = A.build("cwtm", f=2, pre=("nnm", "arc"))(x)        # arc runs in place on nnm's new block
+    assert torch.equal(x, before)
+    A.build("cwtm", f=2, pre=("arc",))(x)
+    assert torch.equal(x, before)
+
+    inbox = x.clone()
+    got = A.build("cwtm", f=2, pre=("arc",), overwrite=True)(inbox)
+    clipped, _ = C.arc(x, f=2)
+    assert torch.equal(inbox, clipped) and torch.equal(got, A.REGISTRY["cwtm"](clipped, f=2))
+    assert torch.equal(kept, A.REGISTRY["cwtm"](C.arc(A.PRE_REGISTRY["nnm"](x, f=2)[0], f=2)[0], f=2))
+
+
 # --------------------------------------------------------------------------- #
 # Non-finite and huge rows
 
