@@ -22,6 +22,7 @@ COMMANDS = {
     "server": ("mpisim.server_mode", "server mode: D-SGD with a robust filter (under mpiexec)"),
     "decentralized": ("mpisim.decentralized", "decentralized mode: BRIDGE over a graph (under mpiexec)"),
     "one-round": ("mpisim.one_round", "Yin et al.'s robust one-round algorithm (under mpiexec)"),
+    "sweep": ("mpisim.sweep", "a grid of runs from one TOML file: run, resume, merge, report worst cases"),
     "plot": ("mpisim.plot", "plot run directories into a PNG"),
     "fetch": ("mpisim.datasets.fetch", "download a data set's files and check their MD5s"),
     "testing": ("mpisim.testing", "check a rule (yours or a built-in) for the built-ins' properties"),

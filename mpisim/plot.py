@@ -520,6 +520,55 @@ def draw_panels(panels: Sequence[Panel] | Mapping[str, Sequence[Series]], *, xla
     return fig
 
 
+@dataclass
+class HeatPanel:
+    """One heatmap of :func:`heatmaps`: values[i][j] at row label ys[i], column label xs[j] (None: no value)."""
+
+    title: str
+    ys: Sequence[str]
+    xs: Sequence[str]
+    values: Sequence[Sequence[float | None]]
+
+
+def heatmaps(out: str | Path, panels: Sequence[HeatPanel], *, ylabel: str, xlabel: str, scale: float = 1.0,
+             colorbar: str = "", ncols: int = 3, dpi: int = 120):
+    """Heatmaps side by side on one colour scale, every cell written with its value (times ``scale``,
+    one decimal); a cell without a value is grey. Writes ``out`` (.png, atomically); returns the Figure."""
+    if not panels:
+        raise ValueError("nothing to draw: no panels")
+    _check_png(out)
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    width = max(len(p.xs) for p in panels)
+    fig, axes = _figure(nrows, ncols, (max(3.5, 0.9 * width + 1.8) * ncols, (0.45 * max(len(p.ys) for p in panels)
+                                                                            + 1.6) * nrows), sharey=False)
+    arrays = [np.array([[np.nan if v is None else v * scale for v in row] for row in p.values], dtype=float)
+              for p in panels]
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays] or [np.zeros(0)])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    image = None
+    for ax, panel, values in zip(axes.ravel(), panels, arrays):
+        masked = np.ma.masked_invalid(values)
+        image = ax.imshow(masked, cmap="viridis", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect="auto")
+        ax.set_facecolor("0.85")
+        ax.set_xticks(range(len(panel.xs)), panel.xs, rotation=30, ha="right")
+        ax.set_yticks(range(len(panel.ys)), panel.ys)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel.title, fontsize="medium")
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                dark = hi > lo and (v - lo) / (hi - lo) < 0.5
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize="small",
+                        color="white" if dark else "black")
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel()[:len(panels)].tolist(), label=colorbar, shrink=0.9)
+    save(fig, out, dpi=dpi)
+    return fig
+
+
 def _check_png(out: str | Path) -> Path:
     out = Path(out)
     if out.suffix.lower() != ".png":

@@ -135,3 +135,26 @@ def changed(recorded: dict[str, str]) -> list[str]:
             out.append(f"{spec} changed since the run started (SHA-256 {before[:12]}... then, "
                        f"{(now or 'not loaded')[:12]}... now)")
     return out
+
+
+def configure(cfg):
+    """``cfg`` with ``run.plugins`` imported (files made absolute) and their SHA-256 recorded in
+    ``run.plugin_sha256``; a resumed run refuses a plugin whose file changed since the run started.
+    Raises :class:`mpisim.config.ConfigError` (field ``run.plugins``). Every rank calls it before
+    validating, and so does ``mpisim sweep`` before it checks its cells."""
+    import dataclasses
+
+    from .config import ConfigError
+
+    specs = tuple(resolve(spec) for spec in cfg.run.plugins)
+    try:
+        imported = load(specs)
+    except PluginError as exc:
+        raise ConfigError("run.plugins", str(exc)) from None
+    if cfg.run.resume:
+        problems = changed(dict(cfg.run.plugin_sha256))
+        if problems:
+            raise ConfigError("run.plugins", f"{'; '.join(problems)}: a resumed run goes on with the code it "
+                                             f"started with")
+    hashes = {plugin.spec: plugin.sha256 for plugin in imported}
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, plugins=specs, plugin_sha256=hashes))

@@ -30,7 +30,7 @@ def test_the_help_lists_every_subcommand_and_its_module(script):
     assert result.returncode == 0, result.stderr
     for name, (module, _) in cli.COMMANDS.items():
         assert f"  {name} " in result.stdout and f"python -m {module}" in result.stdout
-    assert list(cli.COMMANDS) == ["server", "decentralized", "one-round", "plot", "fetch", "testing"]
+    assert list(cli.COMMANDS) == ["server", "decentralized", "one-round", "sweep", "plot", "fetch", "testing"]
 
 
 def test_server_print_config_is_that_of_python_m(script):

@@ -49,9 +49,9 @@ class Completed:
     timed_out: bool = False
 
 
-def run(nprocs: int, args: Sequence[str], *, timeout: float, cwd: str | os.PathLike | None = None,
+def run(nprocs: int, args: Sequence[str], *, timeout: float | None, cwd: str | os.PathLike | None = None,
         env: dict | None = None, capture: bool = True) -> Completed:
-    """Run ``mpiexec -n nprocs python ARGS`` and wait at most ``timeout`` seconds."""
+    """Run ``mpiexec -n nprocs python ARGS`` and wait at most ``timeout`` seconds (None: as long as it takes)."""
     cmd = [*mpiexec_command(), "-n", str(nprocs), sys.executable, *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     pipe = subprocess.PIPE if capture else None

@@ -25,7 +25,6 @@ the task's test metrics (``test_loss`` and ``test_accuracy``, or
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import math
@@ -334,7 +333,7 @@ def read_config(world: mpi.Comm, argv: Sequence[str] | None, protocol: type[Prot
         with _quiet_unless(rank == ROOT):
             cfg, print_only = config.parse_args(protocol.config_class, argv, prog=protocol.prog,
                                                 description=protocol.description)
-        cfg = _with_plugins(cfg)
+        cfg = plugins.configure(cfg)
         protocol.validate(cfg, None if print_only else world.Get_size())
         if cfg.run.resume:
             _check_resumable(cfg, protocol)
@@ -348,23 +347,6 @@ def read_config(world: mpi.Comm, argv: Sequence[str] | None, protocol: type[Prot
             print(config.dumps(cfg), end="")
         sys.exit(0)
     return cfg
-
-
-def _with_plugins(cfg):
-    """Import ``run.plugins`` (files made absolute) and record their SHA-256 in the configuration;
-    a resumed run refuses a plugin whose file changed since the run started."""
-    specs = tuple(plugins.resolve(spec) for spec in cfg.run.plugins)
-    try:
-        loaded = plugins.load(specs)
-    except plugins.PluginError as exc:
-        raise ConfigError("run.plugins", str(exc)) from None
-    if cfg.run.resume:
-        problems = plugins.changed(dict(cfg.run.plugin_sha256))
-        if problems:
-            raise ConfigError("run.plugins", f"{'; '.join(problems)}: a resumed run goes on with the code it "
-                                             f"started with")
-    hashes = {plugin.spec: plugin.sha256 for plugin in loaded}
-    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, plugins=specs, plugin_sha256=hashes))
 
 
 def _check_resumable(cfg, protocol: type[Protocol]) -> None:

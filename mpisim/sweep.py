@@ -1,0 +1,691 @@
+"""``mpisim sweep GRID.toml``: a grid of runs from one file, run, resumed, merged and reported.
+
+    mpisim sweep grid.toml --check          # every cell's configuration checked, nothing run
+    mpisim sweep grid.toml --list           # the cells, numbered, with their status
+    mpisim sweep grid.toml --jobs 2         # run what is missing here, two jobs at a time
+    mpisim sweep grid.toml --cell 7         # run cell 7 only (a SLURM array task)
+    mpisim sweep grid.toml --merge          # gather the results; the --array that runs the rest
+    mpisim sweep grid.toml --report         # worst cases, max-min selection, heatmaps
+
+The grid file (TOML)::
+
+    [sweep]
+    mode = "server"                  # server | decentralized | one-round
+    ranks = 2                        # MPI ranks of every cell's job
+    out_dir = "runs"                 # the cells' run directories (relative to the grid file)
+    seeds = [0, 1]                   # run.seed of every setting
+    timeout = 3600                   # seconds one cell may take (default: no limit)
+
+    [base]                           # any configuration, as in a --config file
+    data.name = "mnist"
+    run.rounds = 100
+
+    [axes]                           # crossed: every combination is a cell
+    "aggregator.name" = ["cwtm", "median"]
+    "byzantine.fault" = ["alie", "ipm"]
+
+    [[zip]]                          # fields that vary together (lists of one length)
+    "aggregator.pre" = [[], ["nnm"]]
+    "optim.lr" = [0.1, 0.05]
+
+    [select]                         # hyperparameter candidates: chosen by max-min, not reported
+    "optim.lr" = [0.05, 0.1]
+
+    [report]
+    metric = "final_test_accuracy"   # or best_test_accuracy, final_test_loss, final_train_loss, ...
+    worst_over = ["byzantine.fault"] # the worst case is taken over these axes (the attacks)
+    heatmaps = [["aggregator.f", "data.partition_params.alpha"]]
+
+A field is ``section.field``, or deeper into a parameter table (``aggregator.params.m``). A cell
+is one combination of the axes, the zipped groups, the candidates and a seed; its run directory
+is ``out_dir/NAME``, NAME made of its values and a short hash of them. A cell is done when that
+directory holds a ``summary.json`` and a ``config.toml`` equal to the cell's resolved
+configuration (plugin hashes included); a sweep started again runs only what is missing, and
+moves aside (``NAME.old-N``) a directory left by a crashed or changed cell instead of writing
+into it. Every cell's configuration is checked before any job starts: an error names the cell
+and the field, and the command exits 2. A failed cell is reported with its message
+(``out_dir/failures.json``) and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from . import config, metrics, plugins
+from .config import ConfigError
+
+__all__ = ["Grid", "Cell", "GridError", "load", "cells", "resolve", "status", "run_cell", "merge",
+           "report", "array_spec", "main"]
+
+#: mode -> (module run under mpiexec, config class path, validator path)
+MODES = {
+    "server": ("mpisim.server_mode", "server_config", "ServerModeConfig", "validate_server_mode"),
+    "decentralized": ("mpisim.decentralized", "decentralized_config", "DecentralizedConfig",
+                      "validate_decentralized"),
+    "one-round": ("mpisim.one_round", "one_round_config", "OneRoundConfig", "validate_one_round"),
+}
+SWEEP_KEYS = {"mode", "ranks", "out_dir", "seeds", "timeout"}
+REPORT_KEYS = {"metric", "worst_over", "heatmaps", "maximize"}
+TOP_KEYS = {"sweep", "base", "axes", "zip", "select", "report"}
+#: metric -> (how it is read from a run, whether larger is better)
+METRICS = {
+    "final_test_accuracy": (("final", "test_accuracy"), True),
+    "final_test_loss": (("final", "test_loss"), False),
+    "final_train_loss": (("final", "train_loss"), False),
+    "best_test_accuracy": (("best", "test_accuracy"), True),
+    "final_distance": (("final", "distance"), False),
+    "rounds_per_second": (("rounds_per_second",), True),
+}
+
+
+class GridError(ValueError):
+    """A grid file that cannot be run: the message names the key (or the cell and the field)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """Fields that vary together (one field for a crossed axis) and their values, one tuple per step."""
+    fields: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    path: Path
+    mode: str
+    ranks: int
+    out_dir: Path
+    seeds: tuple[int, ...]
+    timeout: float | None
+    base: dict
+    axes: tuple[Axis, ...]        # crossed axes and zipped groups, in file order
+    select: tuple[Axis, ...]      # hyperparameter candidates
+    metric: str
+    worst_over: tuple[str, ...]
+    heatmaps: tuple[tuple[str, str], ...]
+
+    @property
+    def module(self) -> str:
+        return MODES[self.mode][0]
+
+    @property
+    def setting_fields(self) -> tuple[str, ...]:
+        """The fields of the axes a report keeps apart (all but the worst-case ones)."""
+        return tuple(f for axis in self.axes for f in axis.fields if f not in self.worst_over)
+
+    @property
+    def select_fields(self) -> tuple[str, ...]:
+        return tuple(f for axis in self.select for f in axis.fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    index: int
+    name: str
+    values: dict            # field -> value, "run.seed" last
+
+    def key(self, fields: Sequence[str]) -> tuple:
+        return tuple(_hashable(self.values[f]) for f in fields)
+
+
+# ---------------------------------------------------------------------------- the grid file
+
+
+def _field(name: Any, where: str) -> str:
+    if not isinstance(name, str) or len(name.split(".")) < 2 or not all(name.split(".")):
+        raise GridError(f"{where}: {name!r} is not a field; write \"section.field\" (e.g. \"aggregator.name\")")
+    if name.split(".")[0] == "run" and name.split(".")[1] in ("name", "out_dir", "resume", "seed"):
+        raise GridError(f"{where}: {name} is set by the sweep (run.seed from [sweep] seeds)")
+    return name
+
+
+def _values(value: Any, where: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise GridError(f"{where}: expected a non-empty list of values, got {value!r}")
+    return value
+
+
+def _axes_of(table: Any, where: str, *, zipped: bool) -> list[Axis]:
+    if not isinstance(table, dict):
+        raise GridError(f"[{where}] must be a table of \"section.field\" = [values]")
+    if zipped:
+        fields = [_field(k, f"[[{where}]]") for k in table]
+        if not fields:
+            raise GridError(f"[[{where}]]: an empty group")
+        lists = [_values(table[k], f"[[{where}]] {k}") for k in table]
+        if len({len(v) for v in lists}) != 1:
+            raise GridError(f"[[{where}]]: the zipped lists must have one length, got "
+                            + ", ".join(f"{k}: {len(v)}" for k, v in zip(fields, lists)))
+        return [Axis(tuple(fields), tuple(zip(*lists)))]
+    return [Axis((_field(k, f"[{where}]"),), tuple((v,) for v in _values(table[k], f"[{where}] {k}")))
+            for k in table]
+
+
+def _unknown(table: dict, known: set, where: str) -> None:
+    extra = sorted(set(table) - known)
+    if extra:
+        raise GridError(f"{where}: unknown key {extra[0]!r}; known: {', '.join(sorted(known))}")
+
+
+def load(path: str | Path) -> Grid:
+    """Read and check a grid file (its keys and shapes; :func:`resolve` checks every cell's configuration)."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise GridError(f"cannot read the grid file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise GridError(f"{path} is not valid TOML: {exc}") from None
+    _unknown(doc, TOP_KEYS, f"{path}")
+    sweep = doc.get("sweep", {})
+    _unknown(sweep, SWEEP_KEYS, "[sweep]")
+    mode = sweep.get("mode", "server")
+    if mode not in MODES:
+        raise GridError(f"[sweep] mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    ranks = sweep.get("ranks")
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 2:
+        raise GridError(f"[sweep] ranks: the MPI ranks of every cell's job, an integer >= 2, got {ranks!r}")
+    seeds = sweep.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise GridError(f"[sweep] seeds: a list of distinct integers >= 0, got {seeds!r}")
+    timeout = sweep.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise GridError(f"[sweep] timeout: seconds > 0, got {timeout!r}")
+    out_dir = Path(sweep.get("out_dir", f"runs/{path.stem}"))
+    base = doc.get("base", {})
+    if not isinstance(base, dict):
+        raise GridError("[base] must be a table of configuration sections")
+    axes = _axes_of(doc.get("axes", {}), "axes", zipped=False)
+    zips = doc.get("zip", [])
+    if not isinstance(zips, list):
+        raise GridError("zip: write each group as [[zip]]")
+    for group in zips:
+        axes += _axes_of(group, "zip", zipped=True)
+    select = _axes_of(doc.get("select", {}), "select", zipped=False)
+    fields = [f for axis in (*axes, *select) for f in axis.fields]
+    twice = sorted({f for f in fields if fields.count(f) > 1})
+    if twice:
+        raise GridError(f"{twice[0]} is in more than one axis (or in [axes] and [select])")
+    rep = doc.get("report", {})
+    _unknown(rep, REPORT_KEYS, "[report]")
+    metric = rep.get("metric", "final_test_accuracy")
+    if metric not in METRICS:
+        raise GridError(f"[report] metric: one of {', '.join(METRICS)}, got {metric!r}")
+    worst_over = tuple(rep.get("worst_over", []))
+    heatmaps = tuple(tuple(h) for h in rep.get("heatmaps", []))
+    axis_fields = [f for axis in axes for f in axis.fields]
+    for f in worst_over:
+        if f not in axis_fields:
+            raise GridError(f"[report] worst_over: {f!r} is not a field of [axes] or [[zip]]")
+    for pair in heatmaps:
+        if len(pair) != 2 or any(f not in axis_fields or f in worst_over for f in pair):
+            raise GridError(f"[report] heatmaps: pairs of two fields of the axes that the worst case is not "
+                            f"taken over, got {list(pair)!r}")
+    return Grid(path=path, mode=mode, ranks=ranks, out_dir=(path.parent / out_dir).resolve(),
+                seeds=tuple(seeds), timeout=None if timeout is None else float(timeout), base=base,
+                axes=tuple(axes), select=tuple(select), metric=metric, worst_over=worst_over,
+                heatmaps=heatmaps)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(_label(v) for v in value) or "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def label(value: Any) -> str:
+    """How a value is written in cell names and reports: lists joined with +, the empty list 'none'."""
+    return _label(value)
+
+
+def _name(values: dict) -> str:
+    text = "_".join(_label(v) for v in values.values())
+    safe = "".join(c if c.isalnum() or c in "._+-" else "-" for c in text)[:100]
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{safe}-{digest}"
+
+
+def cells(grid: Grid) -> list[Cell]:
+    """Every cell, in a fixed order: the axes (file order, the last varying fastest), the candidates, the seed."""
+    out = []
+    groups = [*grid.axes, *grid.select]
+    for steps in itertools.product(*(axis.values for axis in groups)):
+        for seed in grid.seeds:
+            values = {f: v for axis, step in zip(groups, steps) for f, v in zip(axis.fields, step)}
+            values["run.seed"] = seed
+            out.append(Cell(len(out), _name(values), values))
+    return out
+
+
+# ---------------------------------------------------------------------------- configurations
+
+
+def _nest(field: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(field.split(".")):
+        out = {part: out}
+    return out
+
+
+def _protocol(mode: str):
+    import importlib
+
+    _, module, cls, validator = MODES[mode]
+    mod = importlib.import_module(f"mpisim.protocols.{module}")
+    return getattr(mod, cls), getattr(mod, validator)
+
+
+def resolve(grid: Grid, cell: Cell):
+    """The cell's configuration, validated for ``grid.ranks`` ranks, plugins loaded and hashed.
+
+    Raises GridError naming the cell and the field."""
+    cls, validate = _protocol(grid.mode)
+    tables = grid.base
+    for field, value in cell.values.items():
+        tables = config._deep_merge(tables, _nest(field, value))
+    tables = config._deep_merge(tables, {"run": {"out_dir": str(grid.out_dir), "name": cell.name,
+                                                 "progress": False}})
+    try:
+        cfg = plugins.configure(config._build(cls, tables))
+        # checked as a new run (a done cell's directory exists; the sweep decides what to do with it)
+        validate(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name="")), grid.ranks)
+    except ConfigError as exc:
+        raise GridError(f"cell {cell.index} ({cell.name}): config error: {exc}") from None
+    return cfg
+
+
+def _expected_toml(cfg) -> str:
+    return config.dumps(config.for_run_dir(cfg))
+
+
+def status(grid: Grid, cell: Cell, cfg) -> str:
+    """'done', 'missing', 'incomplete' (a directory without a summary: crashed or running) or
+    'changed' (a summary of another configuration)."""
+    run_dir = grid.out_dir / cell.name
+    if not run_dir.exists():
+        return "missing"
+    if not (run_dir / "summary.json").is_file():
+        return "incomplete"
+    try:
+        same = (run_dir / "config.toml").read_text() == _expected_toml(cfg)
+    except OSError:
+        same = False
+    return "done" if same else "changed"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metrics.atomic_write(path, text.encode())
+
+
+def _move_aside(run_dir: Path) -> Path:
+    for k in itertools.count(1):
+        target = run_dir.with_name(f"{run_dir.name}.old-{k}")
+        if not target.exists():
+            run_dir.rename(target)
+            return target
+    raise AssertionError("unreachable")
+
+
+def run_cell(grid: Grid, cell: Cell, cfg, *, env: dict | None = None) -> str | None:
+    """Run one cell under mpiexec (``grid.ranks`` ranks); None when it finished, else the error.
+
+    The job's output goes to ``out_dir/.logs/NAME.log``; its configuration file to
+    ``out_dir/.configs/NAME.toml``. A directory of a crashed or changed run is moved aside first."""
+    from .mpi import launcher
+
+    run_dir = grid.out_dir / cell.name
+    if run_dir.exists():
+        _move_aside(run_dir)
+    cfg_file = grid.out_dir / ".configs" / f"{cell.name}.toml"
+    _write_atomic(cfg_file, config.dumps(cfg))
+    started = time.time()
+    result = launcher.run(grid.ranks, ["-m", grid.module, "--config", str(cfg_file)],
+                          timeout=grid.timeout, env=env)
+    log = grid.out_dir / ".logs" / f"{cell.name}.log"
+    _write_atomic(log, f"$ {' '.join(result.command)}\n# exit {result.returncode}, "
+                       f"{time.time() - started:.1f} s\n{result.stdout}\n--- stderr ---\n{result.stderr}")
+    if result.returncode == 0 and (run_dir / "summary.json").is_file():
+        return None
+    if result.timed_out:
+        return f"timed out after {grid.timeout:g} s (log: {log})"
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
+    return f"exit {result.returncode}: {last.strip()[:400]} (log: {log})"
+
+
+def _record_failures(grid: Grid, failed: dict[str, str], finished: Sequence[str]) -> None:
+    path = grid.out_dir / "failures.json"
+    if not failed and not path.is_file():
+        return
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known = {k: v for k, v in known.items() if k not in finished}
+    known.update(failed)
+    _write_atomic(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def _read_run(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = metrics.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+    best = {}
+    for key in ("test_accuracy",):
+        seen = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if seen:
+            best[key] = max(seen)
+    final = summary.get("final") or {}
+    return {"final": {k: v for k, v in final.items() if isinstance(v, (int, float))}, "best": best,
+            "rounds": summary.get("rounds"), "diverged": summary.get("diverged", False),
+            "rounds_per_second": summary.get("rounds_per_second"), "bytes": summary.get("bytes", {}),
+            "wall_seconds": summary.get("loop_seconds")}
+
+
+def metric_of(result: dict, metric: str) -> float | None:
+    """The metric of one cell's result (None when the run has none: diverged, or not evaluated)."""
+    path, _ = METRICS[metric]
+    value: Any = result
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def array_spec(indices: Sequence[int]) -> str:
+    """Indices as a SLURM ``--array`` list: 0-3,7,9-10."""
+    parts, run = [], []
+    for i in sorted(indices):
+        if run and i == run[-1] + 1:
+            run.append(i)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [i]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
+
+
+def merge(grid: Grid, every: list[Cell], configs: dict[int, Any]) -> dict:
+    """``out_dir/results.json``: every done cell's values and result; the missing ones listed."""
+    done, missing = {}, []
+    for cell in every:
+        if status(grid, cell, configs[cell.index]) == "done":
+            done[cell.name] = {"index": cell.index, "values": cell.values,
+                               **_read_run(grid.out_dir / cell.name)}
+        else:
+            missing.append(cell.index)
+    merged = {"grid": str(grid.path), "mode": grid.mode, "ranks": grid.ranks, "cells": len(every),
+              "done": len(done), "missing": missing, "results": done}
+    _write_atomic(grid.out_dir / "results.json", json.dumps(merged, indent=1) + "\n")
+    return merged
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    if not all(map(math.isfinite, values)):  # a diverged seed: the mean is that worst value
+        return statistics.fmean(values), math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def worst_cases(grid: Grid, every: list[Cell], results: dict) -> list[dict]:
+    """One row per setting (the values of the axes but the worst-case ones): for every candidate of
+    [select], the mean over seeds of the metric under each combination of the worst-case axes, the
+    worst of those means; the candidate whose worst case is best (max-min, first on a tie) is chosen.
+    A setting with a missing cell is reported as incomplete, with what it has."""
+    _, larger = METRICS[grid.metric]
+    better = max if larger else min
+    setting_fields, select_fields = grid.setting_fields, grid.select_fields
+    table: dict[tuple, dict[tuple, dict[tuple, list]]] = {}
+    expected: dict[tuple, int] = {}
+    for cell in every:
+        setting, cand, attack = (cell.key(setting_fields), cell.key(select_fields), cell.key(grid.worst_over))
+        per_attack = table.setdefault(setting, {}).setdefault(cand, {}).setdefault(attack, [])
+        expected[setting] = expected.get(setting, 0) + 1
+        result = results.get(cell.name)
+        if result is not None:
+            per_attack.append((cell.values["run.seed"], metric_of(result, grid.metric), result))
+    rows = []
+    for setting, cands in table.items():
+        have = sum(len(v) for per in cands.values() for v in per.values())
+        scored = []
+        for cand, per_attack in cands.items():
+            by_attack = {}
+            for attack, runs in per_attack.items():
+                got = [m for _, m, _ in runs]
+                if not runs:
+                    continue
+                # a run without the metric (diverged: NaN) counts as the worst value there is
+                worst_value = -math.inf if larger else math.inf
+                got = [worst_value if m is None else m for m in got]
+                by_attack[attack] = (*_mean_sd(got), len(got))
+            if not by_attack:
+                continue
+            pick = (min if larger else max)(by_attack, key=lambda a: by_attack[a][0])
+            scored.append((cand, pick, by_attack))
+        if not scored:
+            rows.append({"setting": dict(zip(setting_fields, setting)), "complete": False, "cells": have,
+                         "of": expected[setting]})
+            continue
+        chosen = better(scored, key=lambda s: s[2][s[1]][0])  # the candidate whose worst mean is best
+        cand, attack, by_attack = chosen
+        mean, sd, seeds = by_attack[attack]
+        rows.append({
+            "setting": dict(zip(setting_fields, setting)),
+            "chosen": dict(zip(select_fields, cand)),
+            "worst": dict(zip(grid.worst_over, attack)),
+            "mean": mean, "sd": sd, "seeds": seeds,
+            "per_attack": {" ".join(_label(v) for v in a): {"mean": m, "sd": s, "seeds": k}
+                           for a, (m, s, k) in by_attack.items()},
+            "candidates": {" ".join(_label(v) for v in c) or "-": {"worst": b[p][0], "at": " ".join(map(_label, p))}
+                           for c, p, b in scored},
+            "complete": have == expected[setting], "cells": have, "of": expected[setting]})
+    return rows
+
+
+def _fmt(value: float, metric: str) -> str:
+    if not math.isfinite(value):
+        return "diverged"
+    return f"{100 * value:.2f}" if "accuracy" in metric else f"{value:.4g}"
+
+
+def report(grid: Grid, every: list[Cell], results: dict, *, plots: bool = True) -> dict[str, Path]:
+    """Write ``out_dir/report.md``, ``report.csv``, ``report.json`` and the heatmaps; return their paths."""
+    rows = worst_cases(grid, every, results)
+    metric = grid.metric
+    unit = " (%)" if "accuracy" in metric else ""
+    head = [*grid.setting_fields, *grid.select_fields,
+            f"worst {metric}{unit}" if grid.worst_over else f"{metric}{unit}", "sd", "seeds",
+            *(["worst case at"] if grid.worst_over else []), "cells"]
+    lines = []
+    for r in rows:
+        if "mean" not in r:
+            lines.append([*map(_label, r["setting"].values()), *[""] * len(grid.select_fields), "no result", "",
+                          "", *([""] if grid.worst_over else []), f"{r['cells']}/{r['of']}"])
+            continue
+        lines.append([*map(_label, r["setting"].values()), *map(_label, r["chosen"].values()),
+                      _fmt(r["mean"], metric), _fmt(r["sd"], metric) if math.isfinite(r["mean"]) else "",
+                      str(r["seeds"]), *([" ".join(map(_label, r["worst"].values()))] if grid.worst_over else []),
+                      f"{r['cells']}/{r['of']}" + ("" if r["complete"] else " (incomplete)")])
+    md = io.StringIO()
+    md.write(f"# {grid.path.stem}: {metric}" + (f", worst case over {', '.join(grid.worst_over)}"
+                                                 if grid.worst_over else "") + "\n\n")
+    md.write(f"Grid `{grid.path}`, {len(every)} cells, seeds {list(grid.seeds)}, {grid.ranks} ranks each. "
+             f"Each value is the mean over the seeds" + (" under the worst case (the worst of the means)" if
+                                                       grid.worst_over else "")
+             + (f"; the candidates of {', '.join(grid.select_fields)} chosen by max-min (the one whose "
+                f"worst case is best)" if grid.select_fields else "") + "; sd over the seeds.\n\n")
+    md.write("| " + " | ".join(head) + " |\n| " + " | ".join("---" for _ in head) + " |\n")
+    for line in lines:
+        md.write("| " + " | ".join(line) + " |\n")
+    out = {"md": grid.out_dir / "report.md", "csv": grid.out_dir / "report.csv",
+           "json": grid.out_dir / "report.json"}
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(head)
+    writer.writerows(lines)
+    for heat in grid.heatmaps if plots else ():
+        path = _heatmap(grid, rows, heat)
+        if path is not None:
+            out[f"heatmap {heat[0]} x {heat[1]}"] = path
+            md.write(f"\n![{heat[0]} against {heat[1]}]({path.name})\n")
+    _write_atomic(out["md"], md.getvalue())
+    _write_atomic(out["csv"], buf.getvalue())
+    _write_atomic(out["json"], json.dumps({"grid": str(grid.path), "metric": metric,
+                                           "worst_over": list(grid.worst_over), "rows": _jsonable(rows)},
+                                          indent=1) + "\n")
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _heatmap(grid: Grid, rows: list[dict], pair: tuple[str, str]) -> Path | None:
+    """One heatmap per combination of the other setting fields: the worst case against ``pair``."""
+    from . import plot
+
+    ya, xa = pair
+    others = [f for f in grid.setting_fields if f not in pair]
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        if "mean" in r:
+            key = tuple(_hashable(r["setting"][f]) for f in others)
+            groups.setdefault(key, {})[(_hashable(r["setting"][ya]), _hashable(r["setting"][xa]))] = r["mean"]
+    if not groups:
+        return None
+    panels = []
+    for key, values in groups.items():
+        ys = list(dict.fromkeys(y for y, _ in values))
+        xs = list(dict.fromkeys(x for _, x in values))
+        grid_values = [[values.get((y, x)) for x in xs] for y in ys]
+        title = ", ".join(f"{f} {_label(v)}" for f, v in zip(others, key)) or grid.metric
+        panels.append(plot.HeatPanel(title, [_label(y) for y in ys], [_label(x) for x in xs], grid_values))
+    path = grid.out_dir / f"heatmap_{ya}_{xa}.png".replace("/", "-")
+    plot.heatmaps(path, panels, ylabel=ya, xlabel=xa,
+                  scale=100.0 if "accuracy" in grid.metric else 1.0,
+                  colorbar=f"worst {grid.metric}" + (" (%)" if "accuracy" in grid.metric else ""))
+    return path
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def _configs(grid: Grid, every: list[Cell]) -> dict[int, Any]:
+    return {cell.index: resolve(grid, cell) for cell in every}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpisim sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("grid", help="the grid file (TOML)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--check", action="store_true", help="check every cell's configuration, run nothing")
+    what.add_argument("--list", action="store_true", help="print the cells, numbered, with their status")
+    what.add_argument("--cell", type=int, metavar="K", help="run cell K only (0-based; a SLURM array task)")
+    what.add_argument("--merge", action="store_true",
+                      help="gather the done cells into out_dir/results.json; list the missing ones")
+    what.add_argument("--report", action="store_true", help="merge, then write the report (Markdown, CSV, JSON, "
+                                                            "heatmaps)")
+    p.add_argument("--jobs", type=int, default=1, metavar="J", help="cells run at a time here (default 1)")
+    return p
+
+
+def _run_missing(grid: Grid, every: list[Cell], configs: dict, jobs: int) -> int:
+    todo = [c for c in every if status(grid, c, configs[c.index]) != "done"]
+    print(f"mpisim sweep: {len(every) - len(todo)} of {len(every)} cells done; running {len(todo)}, "
+          f"{jobs} at a time, {grid.ranks} ranks each", flush=True)
+    failed: dict[str, str] = {}
+    finished: list[str] = []
+
+    def one(cell: Cell) -> tuple[Cell, str | None, float]:
+        started = time.perf_counter()
+        return cell, run_cell(grid, cell, configs[cell.index]), time.perf_counter() - started
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for cell, error, wall in pool.map(one, todo):
+            if error is None:
+                finished.append(cell.name)
+                print(f"  [{cell.index}] {cell.name}: done in {wall:.1f} s", flush=True)
+            else:
+                failed[cell.name] = error
+                print(f"  [{cell.index}] {cell.name}: FAILED: {error}", flush=True)
+            _record_failures(grid, {cell.name: error} if error else {}, [cell.name] if not error else [])
+    if failed:
+        print(f"mpisim sweep: {len(failed)} cells failed (out_dir/failures.json); the others ran", flush=True)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mpisim sweep``: exit 0 when everything asked for is done, 1 when a cell failed, 2 for a bad grid."""
+    args = _parser().parse_args(argv)
+    try:
+        grid = load(args.grid)
+        every = cells(grid)
+        if args.cell is not None and not 0 <= args.cell < len(every):
+            raise GridError(f"--cell {args.cell}: the grid has cells 0-{len(every) - 1}")
+        chosen = [every[args.cell]] if args.cell is not None else every
+        configs = _configs(grid, chosen if args.cell is not None else every)
+    except GridError as exc:
+        print(f"mpisim sweep: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"mpisim sweep: {len(every)} cells, every configuration valid on {grid.ranks} ranks")
+        return 0
+    if args.list:
+        width = len(str(len(every) - 1))
+        for cell in every:
+            print(f"{cell.index:>{width}}  {status(grid, cell, configs[cell.index]):<10}  {cell.name}")
+        return 0
+    if args.cell is not None:
+        return _run_missing(grid, chosen, configs, 1)
+    if args.merge or args.report:
+        merged = merge(grid, every, configs)
+        print(f"mpisim sweep: {merged['done']} of {len(every)} cells done -> {grid.out_dir / 'results.json'}")
+        if merged["missing"]:
+            print(f"  missing: {len(merged['missing'])} cells; on SLURM: --array={array_spec(merged['missing'])}")
+        if args.report:
+            for kind, path in report(grid, every, merged["results"]).items():
+                print(f"  {kind}: {path}")
+        return 0
+    code = _run_missing(grid, every, configs, args.jobs)
+    merged = merge(grid, every, configs)
+    report(grid, every, merged["results"])
+    print(f"mpisim sweep: results in {grid.out_dir} (results.json, report.md)")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
