@@ -57,6 +57,7 @@ import io
 import itertools
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -89,7 +90,7 @@ METRICS = {
     "final_test_loss": (("final", "test_loss"), False),
     "final_train_loss": (("final", "train_loss"), False),
     "best_test_accuracy": (("best", "test_accuracy"), True),
-    "final_distance": (("final", "distance"), False),
+    "final_distance_to_optimum": (("final", "distance_to_optimum"), False),
     "rounds_per_second": (("rounds_per_second",), True),
 }
 
@@ -183,8 +184,9 @@ def _unknown(table: dict, known: set, where: str) -> None:
         raise GridError(f"{where}: unknown key {extra[0]!r}; known: {', '.join(sorted(known))}")
 
 
-def load(path: str | Path) -> Grid:
-    """Read and check a grid file (its keys and shapes; :func:`resolve` checks every cell's configuration)."""
+def load(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
+    """Read and check a grid file (its keys and shapes; :func:`resolve` checks every cell's configuration).
+    ``out_dir`` replaces ``[sweep] out_dir`` (relative to the current directory, not the file)."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
@@ -208,7 +210,7 @@ def load(path: str | Path) -> Grid:
     timeout = sweep.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise GridError(f"[sweep] timeout: seconds > 0, got {timeout!r}")
-    out_dir = Path(sweep.get("out_dir", f"runs/{path.stem}"))
+    out_dir_override, out_dir = out_dir, Path(sweep.get("out_dir", f"runs/{path.stem}"))
     base = doc.get("base", {})
     if not isinstance(base, dict):
         raise GridError("[base] must be a table of configuration sections")
@@ -238,7 +240,8 @@ def load(path: str | Path) -> Grid:
         if len(pair) != 2 or any(f not in axis_fields or f in worst_over for f in pair):
             raise GridError(f"[report] heatmaps: pairs of two fields of the axes that the worst case is not "
                             f"taken over, got {list(pair)!r}")
-    return Grid(path=path, mode=mode, ranks=ranks, out_dir=(path.parent / out_dir).resolve(),
+    where = Path(out_dir_override).resolve() if out_dir_override is not None else (path.parent / out_dir).resolve()
+    return Grid(path=path, mode=mode, ranks=ranks, out_dir=where,
                 seeds=tuple(seeds), timeout=None if timeout is None else float(timeout), base=base,
                 axes=tuple(axes), select=tuple(select), metric=metric, worst_over=worst_over,
                 heatmaps=heatmaps)
@@ -350,11 +353,12 @@ def _move_aside(run_dir: Path) -> Path:
     raise AssertionError("unreachable")
 
 
-def run_cell(grid: Grid, cell: Cell, cfg, *, env: dict | None = None) -> str | None:
+def run_cell(grid: Grid, cell: Cell, cfg, *, env: dict | None = None, stream: bool = False) -> str | None:
     """Run one cell under mpiexec (``grid.ranks`` ranks); None when it finished, else the error.
 
-    The job's output goes to ``out_dir/.logs/NAME.log``; its configuration file to
-    ``out_dir/.configs/NAME.toml``. A directory of a crashed or changed run is moved aside first."""
+    The job's output goes to ``out_dir/.logs/NAME.log`` (``stream``: to ours instead, as a SLURM
+    array task wants it in its log); its configuration file to ``out_dir/.configs/NAME.toml``. A
+    directory of a crashed or changed run is moved aside first."""
     from .mpi import launcher
 
     run_dir = grid.out_dir / cell.name
@@ -364,7 +368,7 @@ def run_cell(grid: Grid, cell: Cell, cfg, *, env: dict | None = None) -> str | N
     _write_atomic(cfg_file, config.dumps(cfg))
     started = time.time()
     result = launcher.run(grid.ranks, ["-m", grid.module, "--config", str(cfg_file)],
-                          timeout=grid.timeout, env=env)
+                          timeout=grid.timeout, env=env, capture=not stream)
     log = grid.out_dir / ".logs" / f"{cell.name}.log"
     _write_atomic(log, f"$ {' '.join(result.command)}\n# exit {result.returncode}, "
                        f"{time.time() - started:.1f} s\n{result.stdout}\n--- stderr ---\n{result.stderr}")
@@ -372,6 +376,8 @@ def run_cell(grid: Grid, cell: Cell, cfg, *, env: dict | None = None) -> str | N
         return None
     if result.timed_out:
         return f"timed out after {grid.timeout:g} s (log: {log})"
+    if stream:
+        return f"exit {result.returncode} (its output is above)"
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     last = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
     return f"exit {result.returncode}: {last.strip()[:400]} (log: {log})"
@@ -613,17 +619,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("grid", help="the grid file (TOML)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--check", action="store_true", help="check every cell's configuration, run nothing")
-    what.add_argument("--list", action="store_true", help="print the cells, numbered, with their status")
+    what.add_argument("--list", "--list-cells", action="store_true",
+                      help="print the count and ranks, then the cells, numbered, with their status")
     what.add_argument("--cell", type=int, metavar="K", help="run cell K only (0-based; a SLURM array task)")
     what.add_argument("--merge", action="store_true",
                       help="gather the done cells into out_dir/results.json; list the missing ones")
     what.add_argument("--report", action="store_true", help="merge, then write the report (Markdown, CSV, JSON, "
                                                             "heatmaps)")
     p.add_argument("--jobs", type=int, default=1, metavar="J", help="cells run at a time here (default 1)")
+    p.add_argument("--out-dir", metavar="DIR", help="the cells' run directories (instead of [sweep] out_dir)")
     return p
 
 
-def _run_missing(grid: Grid, every: list[Cell], configs: dict, jobs: int) -> int:
+def _run_missing(grid: Grid, every: list[Cell], configs: dict, jobs: int, *, stream: bool = False) -> int:
     todo = [c for c in every if status(grid, c, configs[c.index]) != "done"]
     print(f"mpisim sweep: {len(every) - len(todo)} of {len(every)} cells done; running {len(todo)}, "
           f"{jobs} at a time, {grid.ranks} ranks each", flush=True)
@@ -632,7 +640,7 @@ def _run_missing(grid: Grid, every: list[Cell], configs: dict, jobs: int) -> int
 
     def one(cell: Cell) -> tuple[Cell, str | None, float]:
         started = time.perf_counter()
-        return cell, run_cell(grid, cell, configs[cell.index]), time.perf_counter() - started
+        return cell, run_cell(grid, cell, configs[cell.index], stream=stream), time.perf_counter() - started
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for cell, error, wall in pool.map(one, todo):
@@ -652,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``mpisim sweep``: exit 0 when everything asked for is done, 1 when a cell failed, 2 for a bad grid."""
     args = _parser().parse_args(argv)
     try:
-        grid = load(args.grid)
+        grid = load(args.grid, out_dir=args.out_dir)
         every = cells(grid)
         if args.cell is not None and not 0 <= args.cell < len(every):
             raise GridError(f"--cell {args.cell}: the grid has cells 0-{len(every) - 1}")
@@ -664,13 +672,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         print(f"mpisim sweep: {len(every)} cells, every configuration valid on {grid.ranks} ranks")
         return 0
-    if args.list:
+    if args.list:  # the first line's first and third words are for launch/slurm/submit_sweep.sh
         width = len(str(len(every) - 1))
-        for cell in every:
-            print(f"{cell.index:>{width}}  {status(grid, cell, configs[cell.index]):<10}  {cell.name}")
+        lines = [f"{len(every)} cells, {grid.ranks} ranks each, run directories in {grid.out_dir}"]
+        lines += [f"{cell.index:>{width}}  {status(grid, cell, configs[cell.index]):<10}  {cell.name}"
+                  for cell in every]
+        try:
+            print("\n".join(lines), flush=True)
+        except BrokenPipeError:  # --list | head: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if args.cell is not None:
-        return _run_missing(grid, chosen, configs, 1)
+        return _run_missing(grid, chosen, configs, 1, stream=True)
     if args.merge or args.report:
         merged = merge(grid, every, configs)
         print(f"mpisim sweep: {merged['done']} of {len(every)} cells done -> {grid.out_dir / 'results.json'}")

@@ -515,6 +515,30 @@ def test_a_sweep_runs_as_a_job_array_and_merges_into_a_table(slurm):
 
 
 @pytest.mark.timeout(240)
+def test_a_grid_file_sweep_runs_as_a_job_array_and_merges(slurm):
+    out, logs = slurm.dir / "grid-runs", slurm.dir / "grid-logs"
+    logs.mkdir()
+    env = {**slurm.env, "MPISIM_SLURM_LOGS": str(logs), "MPISIM_SWEEP_WAIT": "1"}
+
+    done = subprocess.run(["bash", str(SLURM / "submit_sweep.sh"), "-m", "mpisim.sweep",
+                           "launch/slurm/examples/tiny_grid.toml", "--out-dir", str(out)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=220, stdin=subprocess.DEVNULL)
+    slurm.jobs += re.findall(r"job array (\d+)", done.stdout)
+
+    text = {p.name: p.read_text() for p in logs.iterdir()}
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{text}"
+    cell_logs = sorted(name for name in text if name.startswith("slurm-mpisim-sweep-"))
+    assert [name.rsplit("_", 1)[1] for name in cell_logs] == ["0.out", "1.out"]
+    for name in cell_logs:
+        assert_labelled(text[name])
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["done"] == 2 and merged["missing"] == []
+    assert {r["values"]["aggregator.name"] for r in merged["results"].values()} == {"cge", "cwtm"}
+    merge_log = next(text[name] for name in text if name.startswith("slurm-mpisim-merge-"))
+    assert "2 of 2 cells done" in merge_log
+
+
+@pytest.mark.timeout(240)
 def test_a_job_with_a_bad_config_ends_failed_with_the_message_in_its_log(slurm):
     result, job = sbatch(slurm, "--wait", "--ntasks=3", f"--output={slurm.dir}/bad-%j.out",
                          str(SLURM / "server_mode.sbatch"), *TINY, "--aggregator.name", "nosuch",

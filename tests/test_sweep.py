@@ -203,7 +203,8 @@ def test_a_small_sweep_runs_resumes_reports_and_survives_a_failing_cell(tmp_path
     failures = json.loads((out / "failures.json").read_text())
     assert len(failures) == 2 and all("this rule always fails" in m or "exit" in m for m in failures.values())
     listed = sweep_cli(grid, "--list", cwd=tmp_path).stdout.split("\n")
-    assert [line.split()[1] for line in listed if line.strip()] == ["done", "done", "incomplete", "incomplete"]
+    assert listed[0].startswith("4 cells, 3 ranks each, run directories in ")
+    assert [line.split()[1] for line in listed[1:] if line.strip()] == ["done", "done", "incomplete", "incomplete"]
     merged = sweep_cli(grid, "--merge", cwd=tmp_path)
     assert "--array=2-3" in merged.stdout
     results = json.loads((out / "results.json").read_text())
@@ -221,8 +222,8 @@ def test_a_small_sweep_runs_resumes_reports_and_survives_a_failing_cell(tmp_path
     assert again.returncode == 0, again.stdout + again.stderr
     assert (out / f"{cells[1].name}.old-1" / "summary.json").is_file()
     assert (out / cells[0].name / "summary.json").read_text() == done_model
-    assert sweep_cli(grid, "--list", cwd=tmp_path).stdout.split()[1::3] == ["done", "done", "incomplete",
-                                                                           "incomplete"]
+    listed = sweep_cli(grid, "--list", cwd=tmp_path).stdout.split("\n")[1:]
+    assert [line.split()[1] for line in listed if line.strip()] == ["done", "done", "incomplete", "incomplete"]
 
 
 @pytest.mark.processes
