@@ -81,7 +81,7 @@ MODES = {
                       "validate_decentralized"),
     "one-round": ("mpisim.one_round", "one_round_config", "OneRoundConfig", "validate_one_round"),
 }
-SWEEP_KEYS = {"mode", "ranks", "out_dir", "seeds", "timeout"}
+SWEEP_KEYS = {"mode", "ranks", "out_dir", "seeds", "timeout", "block"}
 REPORT_KEYS = {"metric", "worst_over", "heatmaps", "maximize"}
 TOP_KEYS = {"sweep", "base", "axes", "zip", "select", "report"}
 #: metric -> (how it is read from a run, whether larger is better)
@@ -114,6 +114,7 @@ class Grid:
     out_dir: Path
     seeds: tuple[int, ...]
     timeout: float | None
+    block: int                    # cells per MPI job (1: one mpiexec per cell)
     base: dict
     axes: tuple[Axis, ...]        # crossed axes and zipped groups, in file order
     select: tuple[Axis, ...]      # hyperparameter candidates
@@ -210,6 +211,9 @@ def load(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
     timeout = sweep.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise GridError(f"[sweep] timeout: seconds > 0, got {timeout!r}")
+    block = sweep.get("block", 1)
+    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
+        raise GridError(f"[sweep] block: cells per MPI job, an integer >= 1, got {block!r}")
     out_dir_override, out_dir = out_dir, Path(sweep.get("out_dir", f"runs/{path.stem}"))
     base = doc.get("base", {})
     if not isinstance(base, dict):
@@ -242,25 +246,30 @@ def load(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
                             f"taken over, got {list(pair)!r}")
     where = Path(out_dir_override).resolve() if out_dir_override is not None else (path.parent / out_dir).resolve()
     return Grid(path=path, mode=mode, ranks=ranks, out_dir=where,
-                seeds=tuple(seeds), timeout=None if timeout is None else float(timeout), base=base,
+                seeds=tuple(seeds), timeout=None if timeout is None else float(timeout), block=block, base=base,
                 axes=tuple(axes), select=tuple(select), metric=metric, worst_over=worst_over,
                 heatmaps=heatmaps)
 
 
 def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple((k, _hashable(v)) for k, v in sorted(value.items()))
     return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def _label(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "+".join(_label(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return "+".join(f"{k}={_label(v)}" for k, v in value.items()) or "none"
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
 
 
 def label(value: Any) -> str:
-    """How a value is written in cell names and reports: lists joined with +, the empty list 'none'."""
+    """How a value is written in cell names and reports: lists joined with +, tables as key=value
+    joined with +, an empty list or table 'none'."""
     return _label(value)
 
 
@@ -353,34 +362,116 @@ def _move_aside(run_dir: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+def _prepare(grid: Grid, cell: Cell, cfg) -> Path:
+    """Move a crashed or changed run's directory aside and write the cell's configuration file."""
+    run_dir = grid.out_dir / cell.name
+    if run_dir.exists():
+        _move_aside(run_dir)
+    cfg_file = grid.out_dir / ".configs" / f"{cell.name}.toml"
+    _write_atomic(cfg_file, config.dumps(cfg))
+    return cfg_file
+
+
+def _last_error(result, log: Path) -> str:
+    if result.timed_out:
+        return f"timed out (log: {log})"
+    lines = [ln for ln in (result.stderr or "").splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
+    return f"exit {result.returncode}: {last.strip()[:400]} (log: {log})"
+
+
 def run_cell(grid: Grid, cell: Cell, cfg, *, env: dict | None = None, stream: bool = False) -> str | None:
     """Run one cell under mpiexec (``grid.ranks`` ranks); None when it finished, else the error.
 
     The job's output goes to ``out_dir/.logs/NAME.log`` (``stream``: to ours instead, as a SLURM
     array task wants it in its log); its configuration file to ``out_dir/.configs/NAME.toml``. A
     directory of a crashed or changed run is moved aside first."""
+    return run_block(grid, [cell], {cell.index: cfg}, env=env, stream=stream)[cell.name]
+
+
+def run_block(grid: Grid, block: Sequence[Cell], configs: dict, *, env: dict | None = None,
+              stream: bool = False) -> dict[str, str | None]:
+    """Run cells under mpiexec: one cell as ``python -m mpisim.<mode>``, several in one job that
+    imports torch and reads the data sets once (``python -m mpisim.sweep --serve``).
+
+    Returns {name: None when it finished, else the error}. In one job, a cell whose configuration
+    every rank refuses fails alone; an exception on a rank aborts the job (as in any run), and the
+    cells after the one that was running go to a new job, so a failing cell takes no other down."""
     from .mpi import launcher
 
-    run_dir = grid.out_dir / cell.name
-    if run_dir.exists():
-        _move_aside(run_dir)
-    cfg_file = grid.out_dir / ".configs" / f"{cell.name}.toml"
-    _write_atomic(cfg_file, config.dumps(cfg))
-    started = time.time()
-    result = launcher.run(grid.ranks, ["-m", grid.module, "--config", str(cfg_file)],
-                          timeout=grid.timeout, env=env, capture=not stream)
-    log = grid.out_dir / ".logs" / f"{cell.name}.log"
-    _write_atomic(log, f"$ {' '.join(result.command)}\n# exit {result.returncode}, "
-                       f"{time.time() - started:.1f} s\n{result.stdout}\n--- stderr ---\n{result.stderr}")
-    if result.returncode == 0 and (run_dir / "summary.json").is_file():
-        return None
-    if result.timed_out:
-        return f"timed out after {grid.timeout:g} s (log: {log})"
-    if stream:
-        return f"exit {result.returncode} (its output is above)"
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    last = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
-    return f"exit {result.returncode}: {last.strip()[:400]} (log: {log})"
+    out: dict[str, str | None] = {}
+    queue = list(block)
+    while queue:
+        files = [_prepare(grid, cell, configs[cell.index]) for cell in queue]
+        first, last = queue[0], queue[-1]
+        log = grid.out_dir / ".logs" / (f"{first.name}.log" if len(queue) == 1 else
+                                         f"block-{first.index}-{last.index}.log")
+        outcome = grid.out_dir / ".logs" / f"block-{first.index}-{last.index}.json"
+        if len(block) == 1:
+            args = ["-m", grid.module, "--config", str(files[0])]
+        else:
+            _write_atomic(outcome.with_suffix(".cells.json"), json.dumps(
+                {"mode": grid.mode, "outcome": str(outcome),
+                 "cells": [{"name": c.name, "index": c.index, "config": str(f)} for c, f in zip(queue, files)]}))
+            args = ["-m", "mpisim.sweep", "--serve", str(outcome.with_suffix(".cells.json"))]
+        started = time.time()
+        timeout = grid.timeout * len(queue) if grid.timeout else None
+        result = launcher.run(grid.ranks, args, timeout=timeout, env=env, capture=not stream)
+        _write_atomic(log, f"$ {' '.join(result.command)}\n# exit {result.returncode}, "
+                           f"{time.time() - started:.1f} s\n{result.stdout}\n--- stderr ---\n{result.stderr}")
+        refused = json.loads(outcome.read_text()) if len(block) > 1 and outcome.is_file() else {}
+        crashed = None
+        for i, cell in enumerate(queue):
+            if (grid.out_dir / cell.name / "summary.json").is_file():
+                out[cell.name] = None
+            elif cell.name in refused:
+                out[cell.name] = f"exit {refused[cell.name]}: its configuration was refused (log: {log})"
+            else:
+                crashed = i
+                break
+        if crashed is None:
+            break
+        out[queue[crashed].name] = (f"exit {result.returncode} (its output is above)" if stream
+                                    else _last_error(result, log))
+        queue = queue[crashed + 1:] if not result.timed_out else []
+        for cell in block:
+            out.setdefault(cell.name, f"not run: the job timed out on an earlier cell (log: {log})")
+    return out
+
+
+def serve(cells_file: str) -> int:
+    """``python -m mpisim.sweep --serve FILE`` under mpiexec: run the cells FILE lists one after
+    another in this job, each as ``python -m mpisim.<mode> --config`` would, with what one run
+    makes freed after it (:func:`mpisim.mpi.comm.run_scope`), the data sets read once
+    (:func:`mpisim.datasets.keep_loaded`) and torch's global generator back at its start; rank 0
+    writes which cells every rank refused (config errors, exit 2) to the file's ``outcome``."""
+    import importlib
+
+    import torch
+
+    from . import datasets
+    from .mpi import comm as mpi
+    from .protocols import driver
+
+    spec = json.loads(Path(cells_file).read_text())
+    protocol = importlib.import_module(MODES[spec["mode"]][0]).main.protocol
+    start_seed = torch.initial_seed()
+    datasets.keep_loaded(True)
+    world = mpi.world()
+    refused = {}
+    for item in spec["cells"]:
+        if world.Get_rank() == 0:
+            print(f"mpisim sweep: cell {item['index']} ({item['name']})", flush=True)
+        torch.manual_seed(start_seed)
+        with mpi.run_scope():
+            try:
+                driver.main(protocol, ["--config", item["config"]])
+            except SystemExit as exc:  # every rank exits a refused configuration together
+                if exc.code not in (0, None):
+                    refused[item["name"]] = exc.code
+        if world.Get_rank() == 0:
+            _write_atomic(Path(spec["outcome"]), json.dumps(refused))
+    return 0
 
 
 def _record_failures(grid: Grid, failed: dict[str, str], finished: Sequence[str]) -> None:
@@ -621,36 +712,47 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--check", action="store_true", help="check every cell's configuration, run nothing")
     what.add_argument("--list", "--list-cells", action="store_true",
                       help="print the count and ranks, then the cells, numbered, with their status")
-    what.add_argument("--cell", type=int, metavar="K", help="run cell K only (0-based; a SLURM array task)")
+    what.add_argument("--cell", type=int, metavar="K", help="run cell K only (0-based; a SLURM array task); "
+                                                              "with a block of B cells, block K")
+    what.add_argument("--serve", metavar="FILE", help=argparse.SUPPRESS)  # the job that runs a block
     what.add_argument("--merge", action="store_true",
                       help="gather the done cells into out_dir/results.json; list the missing ones")
     what.add_argument("--report", action="store_true", help="merge, then write the report (Markdown, CSV, JSON, "
                                                             "heatmaps)")
     p.add_argument("--jobs", type=int, default=1, metavar="J", help="cells run at a time here (default 1)")
     p.add_argument("--out-dir", metavar="DIR", help="the cells' run directories (instead of [sweep] out_dir)")
+    p.add_argument("--block", type=int, metavar="B", help="cells per MPI job (instead of [sweep] block): one job "
+                                                         "imports torch and reads the data once for B cells")
     return p
+
+
+def _blocks(grid: Grid, cells: Sequence[Cell]) -> list[list[Cell]]:
+    return [list(cells[i:i + grid.block]) for i in range(0, len(cells), grid.block)]
 
 
 def _run_missing(grid: Grid, every: list[Cell], configs: dict, jobs: int, *, stream: bool = False) -> int:
     todo = [c for c in every if status(grid, c, configs[c.index]) != "done"]
     print(f"mpisim sweep: {len(every) - len(todo)} of {len(every)} cells done; running {len(todo)}, "
-          f"{jobs} at a time, {grid.ranks} ranks each", flush=True)
+          f"{jobs} job(s) at a time, {grid.ranks} ranks and up to {grid.block} cell(s) each", flush=True)
     failed: dict[str, str] = {}
-    finished: list[str] = []
 
-    def one(cell: Cell) -> tuple[Cell, str | None, float]:
+    def one(block: list[Cell]) -> tuple[list[Cell], dict, float]:
         started = time.perf_counter()
-        return cell, run_cell(grid, cell, configs[cell.index], stream=stream), time.perf_counter() - started
+        return block, run_block(grid, block, configs, stream=stream), time.perf_counter() - started
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for cell, error, wall in pool.map(one, todo):
-            if error is None:
-                finished.append(cell.name)
-                print(f"  [{cell.index}] {cell.name}: done in {wall:.1f} s", flush=True)
-            else:
-                failed[cell.name] = error
-                print(f"  [{cell.index}] {cell.name}: FAILED: {error}", flush=True)
-            _record_failures(grid, {cell.name: error} if error else {}, [cell.name] if not error else [])
+        for block, errors, wall in pool.map(one, _blocks(grid, todo)):
+            for cell in block:
+                error = errors[cell.name]
+                if error is None:
+                    print(f"  [{cell.index}] {cell.name}: done" + (f" in {wall:.1f} s" if len(block) == 1 else ""),
+                          flush=True)
+                else:
+                    failed[cell.name] = error
+                    print(f"  [{cell.index}] {cell.name}: FAILED: {error}", flush=True)
+            if len(block) > 1:
+                print(f"  (cells {block[0].index}-{block[-1].index} in one job: {wall:.1f} s)", flush=True)
+            _record_failures(grid, {k: v for k, v in errors.items() if v}, [k for k, v in errors.items() if not v])
     if failed:
         print(f"mpisim sweep: {len(failed)} cells failed (out_dir/failures.json); the others ran", flush=True)
     return 1 if failed else 0
@@ -658,14 +760,25 @@ def _run_missing(grid: Grid, every: list[Cell], configs: dict, jobs: int, *, str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mpisim sweep``: exit 0 when everything asked for is done, 1 when a cell failed, 2 for a bad grid."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--serve"] and len(argv) == 2:
+        from .mpi import comm as mpi
+
+        return mpi.abort_on_error(serve)(argv[1])
     args = _parser().parse_args(argv)
     try:
         grid = load(args.grid, out_dir=args.out_dir)
+        if args.block is not None:
+            if args.block < 1:
+                raise GridError(f"--block: cells per MPI job, an integer >= 1, got {args.block}")
+            grid = dataclasses.replace(grid, block=args.block)
         every = cells(grid)
-        if args.cell is not None and not 0 <= args.cell < len(every):
-            raise GridError(f"--cell {args.cell}: the grid has cells 0-{len(every) - 1}")
-        chosen = [every[args.cell]] if args.cell is not None else every
-        configs = _configs(grid, chosen if args.cell is not None else every)
+        tasks = _blocks(grid, every)
+        if args.cell is not None and not 0 <= args.cell < len(tasks):
+            raise GridError(f"--cell {args.cell}: the grid has {'cells' if grid.block == 1 else 'blocks'} "
+                            f"0-{len(tasks) - 1}")
+        chosen = tasks[args.cell] if args.cell is not None else every
+        configs = _configs(grid, chosen)
     except GridError as exc:
         print(f"mpisim sweep: {exc}", file=sys.stderr)
         return 2
@@ -674,7 +787,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.list:  # the first line's first and third words are for launch/slurm/submit_sweep.sh
         width = len(str(len(every) - 1))
-        lines = [f"{len(every)} cells, {grid.ranks} ranks each, run directories in {grid.out_dir}"]
+        lines = [f"{len(every)} cells, {grid.ranks} ranks each, run directories in {grid.out_dir}" if grid.block == 1
+                 else f"{len(tasks)} blocks, {grid.ranks} ranks each, of up to {grid.block} cells ({len(every)} "
+                      f"cells), run directories in {grid.out_dir}"]
         lines += [f"{cell.index:>{width}}  {status(grid, cell, configs[cell.index]):<10}  {cell.name}"
                   for cell in every]
         try:
@@ -688,7 +803,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         merged = merge(grid, every, configs)
         print(f"mpisim sweep: {merged['done']} of {len(every)} cells done -> {grid.out_dir / 'results.json'}")
         if merged["missing"]:
-            print(f"  missing: {len(merged['missing'])} cells; on SLURM: --array={array_spec(merged['missing'])}")
+            tasks_left = sorted({i // grid.block for i in merged["missing"]})
+            print(f"  missing: {len(merged['missing'])} cells; on SLURM: --array={array_spec(tasks_left)}"
+                  + ("" if grid.block == 1 else f" (blocks of {grid.block} cells)"))
         if args.report:
             for kind, path in report(grid, every, merged["results"]).items():
                 print(f"  {kind}: {path}")

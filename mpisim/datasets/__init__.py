@@ -207,6 +207,18 @@ def _root(spec: Spec, root: str | os.PathLike) -> Path | None:
     return resolve_root(spec.name, root) if spec.needs_root else None
 
 
+# (name, root, split, params, seed of a generated set) -> the Dataset, while keep_loaded is on.
+_KEPT: dict[tuple, Dataset] | None = None
+
+
+def keep_loaded(on: bool = True) -> None:
+    """Keep every split :func:`load` reads, and give it again to the next call with the same
+    arguments (``mpisim sweep`` with ``block``: the runs of one job read MNIST once). The runs
+    only read their data sets, so sharing one is the same as reading it again."""
+    global _KEPT
+    _KEPT = {} if on else None
+
+
 def load(name: str, root: str | os.PathLike, split: str, *, params: Mapping[str, Any] | None = None,
          seed: int = 0) -> Dataset:
     """Split ``train`` or ``test`` of data set ``name`` (see the module docstring).
@@ -218,7 +230,13 @@ def load(name: str, root: str | os.PathLike, split: str, *, params: Mapping[str,
     """
     spec = _spec(name)
     resolved = _resolved(spec, params)
+    key = (name, str(_root(spec, root)), _split(split), repr(sorted(resolved.items())),
+           seed if not spec.needs_root else None)
+    if _KEPT is not None and key in _KEPT:
+        return _KEPT[key]
     data = spec.load(_root(spec, root), _split(split), resolved, seed)
+    if _KEPT is not None:
+        _KEPT[key] = data
     # A plugin's loader is held to its registration like a built-in's.
     if not isinstance(data, Dataset) or data.kind != spec.kind:
         got = f"a {data.kind} Dataset" if isinstance(data, Dataset) else type(data).__name__

@@ -20,6 +20,7 @@ This module imports no other mpisim module.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
@@ -383,6 +384,7 @@ class ColumnSlices:
             recv_counts = [int(a) * self.width for a in rows_per_rank]
             recv_displs = [int(o) * self.width * item for o in offsets]
         self._send = (send_counts, send_displs, send_types)
+        _owned(self.free)
         self._recv = (recv_counts, recv_displs, [base] * size)
         self.servers = list(range(servers))
         self.sent = sum(mine * (self.bounds[s + 1] - self.bounds[s]) * item for s in range(servers) if s != rank)
@@ -566,6 +568,13 @@ class SharedBlock:
         memory, _ = self.win.Shared_query(owner)
         self.array = np.ndarray(shape, dtype=np.float32, buffer=memory)
         self.win.Lock_all(MPI.MODE_NOCHECK)
+        _owned(self.free)
+
+    def free(self) -> None:
+        """Release the window (collective); :attr:`array` must not be used afterwards."""
+        self.array = None
+        self.win.Unlock_all()
+        self.win.Free()
 
     def tell(self, ranks: Sequence[int]) -> None:
         """What this rank wrote is in place: make it visible and send ``ranks`` a one-byte note each."""
@@ -642,6 +651,7 @@ class NeighbourExchange:
         self.rows_out = sum(len(send_rows.get(s, ())) for s in self.neighbours)
         self.rows_in = sum(recv_rows.get(s, 0) for s in self.neighbours)
         self.recv_offset = {s: int(o) // d for s, o in zip(self.neighbours, offsets)}
+        _owned(self.free)
 
     def exchange(self, block: np.ndarray, recv: np.ndarray, *, traffic: Traffic | None = None,
                  category: str = "protocol") -> None:
@@ -658,7 +668,8 @@ class NeighbourExchange:
             traffic.count(category, sent=4 * self.d * self.rows_out, received=4 * self.d * self.rows_in)
 
     def free(self) -> None:
-        self.graph.Free()
+        if self.graph != MPI.COMM_NULL:
+            self.graph.Free()
 
 
 def gather_small(comm: MPI.Comm, obj, *, root: int = 0):
@@ -708,4 +719,43 @@ def allreduce_array(comm: MPI.Comm, local: np.ndarray, *, op: str = "sum") -> np
 def split(comm: MPI.Comm, color: int | None, key: int = 0) -> MPI.Comm | None:
     """``Comm_split``; ``color=None`` leaves this rank out (returns None). Every rank calls it."""
     sub = comm.Split(MPI.UNDEFINED if color is None else color, key)
-    return None if sub == MPI.COMM_NULL else sub
+    if sub == MPI.COMM_NULL:
+        return None
+    _owned(sub.Free)
+    return sub
+
+
+# ---------------------------------------------------------------- what a run made, freed when it ends
+
+_SCOPES: list[list[Callable[[], None]]] = []
+
+
+def _owned(free: Callable[[], None]) -> None:
+    """Free this at the end of the innermost :func:`run_scope` (nothing happens outside one)."""
+    if _SCOPES:
+        _SCOPES[-1].append(free)
+
+
+@contextlib.contextmanager
+def run_scope():
+    """The communicators, windows and datatypes made through this layer inside the block are
+    freed when it ends (in reverse order, by every rank: the frees are collective), so that one
+    job can run run after run (``mpisim sweep`` with ``block``) without their memory and context ids
+    piling up. On ``SystemExit`` (an exit every rank agreed on) they are freed too; on any other
+    exception they are left to the abort that follows."""
+    _SCOPES.append([])
+    try:
+        yield
+    except SystemExit:
+        _free_all(_SCOPES.pop())
+        raise
+    except BaseException:
+        _SCOPES.pop()
+        raise
+    else:
+        _free_all(_SCOPES.pop())
+
+
+def _free_all(frees: list[Callable[[], None]]) -> None:
+    for free in reversed(frees):
+        free()
