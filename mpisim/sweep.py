@@ -82,7 +82,7 @@ MODES = {
     "one-round": ("mpisim.one_round", "one_round_config", "OneRoundConfig", "validate_one_round"),
 }
 SWEEP_KEYS = {"mode", "ranks", "out_dir", "seeds", "timeout", "block"}
-REPORT_KEYS = {"metric", "worst_over", "heatmaps", "maximize"}
+REPORT_KEYS = {"metric", "worst_over", "heatmaps", "tables", "curves"}
 TOP_KEYS = {"sweep", "base", "axes", "zip", "select", "report"}
 #: metric -> (how it is read from a run, whether larger is better)
 METRICS = {
@@ -121,6 +121,8 @@ class Grid:
     metric: str
     worst_over: tuple[str, ...]
     heatmaps: tuple[tuple[str, str], ...]
+    tables: tuple[tuple[str, str], ...] = ()     # (row field, column field) pivot tables
+    curves: tuple[dict, ...] = ()                # {group, x, y}: curves of the reported cells
 
     @property
     def module(self) -> str:
@@ -240,15 +242,28 @@ def load(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
     for f in worst_over:
         if f not in axis_fields:
             raise GridError(f"[report] worst_over: {f!r} is not a field of [axes] or [[zip]]")
-    for pair in heatmaps:
-        if len(pair) != 2 or any(f not in axis_fields or f in worst_over for f in pair):
-            raise GridError(f"[report] heatmaps: pairs of two fields of the axes that the worst case is not "
-                            f"taken over, got {list(pair)!r}")
+    tables = tuple(tuple(t) for t in rep.get("tables", []))
+    for key, pairs in (("heatmaps", heatmaps), ("tables", tables)):
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] == pair[1] or any(f not in axis_fields or f in worst_over for f in pair):
+                raise GridError(f"[report] {key}: pairs of two fields of the axes that the worst case is not "
+                                f"taken over, got {list(pair)!r}")
+    curves = tuple(dict(c) for c in rep.get("curves", []))
+    for c in curves:
+        from .plot import X_AXES, Y_METRICS
+
+        extra = sorted(set(c) - {"group", "x", "y"})
+        if extra or c.get("group") not in axis_fields or c.get("group") in worst_over:
+            raise GridError(f"[report] curves: tables {{group = FIELD, x = ..., y = ...}} with group a field of the "
+                            f"axes that the worst case is not taken over, got {c!r}")
+        if c.setdefault("x", "round") not in X_AXES or c.setdefault("y", "test_accuracy") not in Y_METRICS:
+            raise GridError(f"[report] curves: x one of {', '.join(X_AXES)}, y one of {', '.join(Y_METRICS)}, "
+                            f"got {c!r}")
     where = Path(out_dir_override).resolve() if out_dir_override is not None else (path.parent / out_dir).resolve()
     return Grid(path=path, mode=mode, ranks=ranks, out_dir=where,
                 seeds=tuple(seeds), timeout=None if timeout is None else float(timeout), block=block, base=base,
                 axes=tuple(axes), select=tuple(select), metric=metric, worst_over=worst_over,
-                heatmaps=heatmaps)
+                heatmaps=heatmaps, tables=tables, curves=curves)
 
 
 def _hashable(value: Any) -> Any:
@@ -566,13 +581,13 @@ def worst_cases(grid: Grid, every: list[Cell], results: dict) -> list[dict]:
         expected[setting] = expected.get(setting, 0) + 1
         result = results.get(cell.name)
         if result is not None:
-            per_attack.append((cell.values["run.seed"], metric_of(result, grid.metric), result))
+            per_attack.append((cell.name, metric_of(result, grid.metric), result))
     rows = []
     for setting, cands in table.items():
         have = sum(len(v) for per in cands.values() for v in per.values())
         scored = []
         for cand, per_attack in cands.items():
-            by_attack = {}
+            by_attack, names = {}, {}
             for attack, runs in per_attack.items():
                 got = [m for _, m, _ in runs]
                 if not runs:
@@ -581,16 +596,17 @@ def worst_cases(grid: Grid, every: list[Cell], results: dict) -> list[dict]:
                 worst_value = -math.inf if larger else math.inf
                 got = [worst_value if m is None else m for m in got]
                 by_attack[attack] = (*_mean_sd(got), len(got))
+                names[attack] = [name for name, _, _ in runs]
             if not by_attack:
                 continue
             pick = (min if larger else max)(by_attack, key=lambda a: by_attack[a][0])
-            scored.append((cand, pick, by_attack))
+            scored.append((cand, pick, by_attack, names[pick]))
         if not scored:
             rows.append({"setting": dict(zip(setting_fields, setting)), "complete": False, "cells": have,
                          "of": expected[setting]})
             continue
         chosen = better(scored, key=lambda s: s[2][s[1]][0])  # the candidate whose worst mean is best
-        cand, attack, by_attack = chosen
+        cand, attack, by_attack, runs = chosen
         mean, sd, seeds = by_attack[attack]
         rows.append({
             "setting": dict(zip(setting_fields, setting)),
@@ -600,7 +616,8 @@ def worst_cases(grid: Grid, every: list[Cell], results: dict) -> list[dict]:
             "per_attack": {" ".join(_label(v) for v in a): {"mean": m, "sd": s, "seeds": k}
                            for a, (m, s, k) in by_attack.items()},
             "candidates": {" ".join(_label(v) for v in c) or "-": {"worst": b[p][0], "at": " ".join(map(_label, p))}
-                           for c, p, b in scored},
+                           for c, p, b, _ in scored},
+            "runs": runs,
             "complete": have == expected[setting], "cells": have, "of": expected[setting]})
     return rows
 
@@ -646,6 +663,13 @@ def report(grid: Grid, every: list[Cell], results: dict, *, plots: bool = True) 
     writer = csv.writer(buf)
     writer.writerow(head)
     writer.writerows(lines)
+    for pair in grid.tables:
+        md.write(_pivot(grid, rows, pair))
+    for spec in grid.curves if plots else ():
+        path = _curves(grid, rows, spec)
+        if path is not None:
+            out[f"curves by {spec['group']}"] = path
+            md.write(f"\n![{spec['y']} against {spec['x']} by {spec['group']}]({path.name})\n")
     for heat in grid.heatmaps if plots else ():
         path = _heatmap(grid, rows, heat)
         if path is not None:
@@ -669,30 +693,83 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _by_others(grid: Grid, rows: list[dict], fields: Sequence[str]) -> dict[tuple, list[dict]]:
+    """The reported rows grouped by the values of the setting fields not in ``fields``."""
+    others = [f for f in grid.setting_fields if f not in fields]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "mean" in r:
+            groups.setdefault(tuple(_hashable(r["setting"][f]) for f in others), []).append(r)
+    return groups
+
+
+def _title(grid: Grid, fields: Sequence[str], key: tuple) -> str:
+    others = [f for f in grid.setting_fields if f not in fields]
+    return ", ".join(f"{f} {_label(v)}" for f, v in zip(others, key))
+
+
+def _pivot(grid: Grid, rows: list[dict], pair: tuple[str, str]) -> str:
+    """Markdown: the reported value with ``pair[0]`` down and ``pair[1]`` across, one table per
+    combination of the other setting fields."""
+    ya, xa = pair
+    text = []
+    for key, group in _by_others(grid, rows, pair).items():
+        ys = list(dict.fromkeys(_hashable(r["setting"][ya]) for r in group))
+        xs = list(dict.fromkeys(_hashable(r["setting"][xa]) for r in group))
+        value = {(_hashable(r["setting"][ya]), _hashable(r["setting"][xa])): r["mean"] for r in group}
+        title = _title(grid, pair, key)
+        text.append(f"\n{grid.metric}" + (" (worst case)" if grid.worst_over else "")
+                    + (f", {title}" if title else "") + f": {ya} down, {xa} across\n\n")
+        text.append(f"| {ya} \\ {xa} | " + " | ".join(_label(x) for x in xs) + " |\n")
+        text.append("| --- | " + " | ".join("---" for _ in xs) + " |\n")
+        for y in ys:
+            cells = [_fmt(value[(y, x)], grid.metric) if (y, x) in value else "-" for x in xs]
+            text.append(f"| {_label(y)} | " + " | ".join(cells) + " |\n")
+    return "".join(text)
+
+
+def _curves(grid: Grid, rows: list[dict], spec: dict) -> Path | None:
+    """The reported cells' curves (the chosen candidate under the worst attack, seeds as a band):
+    one curve per value of ``spec['group']``, one panel per combination of the other setting fields."""
+    from . import plot
+
+    panels = []
+    for key, group in _by_others(grid, rows, [spec["group"]]).items():
+        series = []
+        for r in group:
+            runs = [plot.load_run(grid.out_dir / name) for name in r["runs"]]
+            label = _label(r["setting"][spec["group"]])
+            if grid.worst_over:
+                label += f" ({' '.join(map(_label, r['worst'].values()))})"
+            series.append(plot.seed_series(runs, x=spec["x"], y=spec["y"], label=label))
+        panels.append(plot.Panel(_title(grid, [spec["group"]], key), series))
+    if not panels:
+        return None
+    path = grid.out_dir / f"curves_{spec['group']}_{spec['y']}_{spec['x']}.png"
+    first = plot.load_run(grid.out_dir / next(r for r in rows if "mean" in r)["runs"][0])
+    plot.draw_panels(panels, xlabel=plot.x_label([first], spec["x"]), ylabel=plot.Y_METRICS[spec["y"]].label,
+                     out=path, legend_title=spec["group"] + (" (worst case at)" if grid.worst_over else ""))
+    return path
+
+
 def _heatmap(grid: Grid, rows: list[dict], pair: tuple[str, str]) -> Path | None:
     """One heatmap per combination of the other setting fields: the worst case against ``pair``."""
     from . import plot
 
     ya, xa = pair
-    others = [f for f in grid.setting_fields if f not in pair]
-    groups: dict[tuple, dict] = {}
-    for r in rows:
-        if "mean" in r:
-            key = tuple(_hashable(r["setting"][f]) for f in others)
-            groups.setdefault(key, {})[(_hashable(r["setting"][ya]), _hashable(r["setting"][xa]))] = r["mean"]
-    if not groups:
-        return None
     panels = []
-    for key, values in groups.items():
-        ys = list(dict.fromkeys(y for y, _ in values))
-        xs = list(dict.fromkeys(x for _, x in values))
-        grid_values = [[values.get((y, x)) for x in xs] for y in ys]
-        title = ", ".join(f"{f} {_label(v)}" for f, v in zip(others, key)) or grid.metric
-        panels.append(plot.HeatPanel(title, [_label(y) for y in ys], [_label(x) for x in xs], grid_values))
-    path = grid.out_dir / f"heatmap_{ya}_{xa}.png".replace("/", "-")
-    plot.heatmaps(path, panels, ylabel=ya, xlabel=xa,
-                  scale=100.0 if "accuracy" in grid.metric else 1.0,
-                  colorbar=f"worst {grid.metric}" + (" (%)" if "accuracy" in grid.metric else ""))
+    for key, group in _by_others(grid, rows, pair).items():
+        ys = list(dict.fromkeys(_hashable(r["setting"][ya]) for r in group))
+        xs = list(dict.fromkeys(_hashable(r["setting"][xa]) for r in group))
+        value = {(_hashable(r["setting"][ya]), _hashable(r["setting"][xa])): r["mean"] for r in group}
+        panels.append(plot.HeatPanel(_title(grid, pair, key) or grid.metric, [_label(y) for y in ys],
+                                     [_label(x) for x in xs], [[value.get((y, x)) for x in xs] for y in ys]))
+    if not panels:
+        return None
+    path = grid.out_dir / f"heatmap_{ya}_{xa}.png"
+    plot.heatmaps(path, panels, ylabel=ya, xlabel=xa, scale=100.0 if "accuracy" in grid.metric else 1.0,
+                  colorbar=("worst " if grid.worst_over else "") + grid.metric
+                  + (" (%)" if "accuracy" in grid.metric else ""))
     return path
 
 

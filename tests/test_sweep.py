@@ -75,6 +75,8 @@ def test_cells_cross_the_axes_zip_the_groups_then_candidates_then_seeds(tmp_path
     ('[report]\nworst_over = ["byzantine.fault"]\n', "'byzantine.fault' is not a field of [axes]"),
     ('[report]\nmetric = "accuracy"\n', "[report] metric"),
     ('[reports]\nmetric = "x"\n', "unknown key 'reports'"),
+    ('[axes]\n"aggregator.name" = ["cwtm"]\n[report]\ncurves = [{group = "aggregator.name", x = "epoch"}]\n',
+     "[report] curves: x one of round, time, bytes"),
 ])
 def test_bad_grids_name_the_key(tmp_path, body, message):
     with pytest.raises(sweep.GridError) as caught:
@@ -146,6 +148,7 @@ def test_report_writes_markdown_csv_json_and_a_heatmap(tmp_path):
         [report]
         worst_over = ["byzantine.fault"]
         heatmaps = [["aggregator.name", "aggregator.f"]]
+        tables = [["aggregator.f", "aggregator.name"]]
     """))
     cells = sweep.cells(grid)
     results = {c.name: {"final": {"test_accuracy": 0.5 + 0.1 * c.values["aggregator.f"]
@@ -161,6 +164,8 @@ def test_report_writes_markdown_csv_json_and_a_heatmap(tmp_path):
     assert json.loads(out["json"].read_text())["rows"][0]["worst"] == {"byzantine.fault": "ipm"}
     png = out["heatmap aggregator.name x aggregator.f"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| aggregator.f \\ aggregator.name | cwtm | median |\n| --- | --- | --- |\n| 0 | 30.00 | 30.00 |\n" \
+           "| 1 | 40.00 | 40.00 |" in md
 
 
 # ---------------------------------------------------------------------------- for real
@@ -192,6 +197,7 @@ def test_a_small_sweep_runs_resumes_reports_and_survives_a_failing_cell(tmp_path
         [report]
         metric = "final_test_loss"
         worst_over = ["byzantine.fault"]
+        curves = [{group = "aggregator.name", x = "bytes", y = "test_loss"}]
     """, sweep_table='mode = "server"\nranks = 3\nout_dir = "out"\nseeds = [0]\ntimeout = 120\n')
     text = open(grid).read().replace("[base]\n", f'[base]\nrun.plugins = ["{tmp_path / "fails.py"}"]\n')
     open(grid, "w").write(text)
@@ -211,6 +217,7 @@ def test_a_small_sweep_runs_resumes_reports_and_survives_a_failing_cell(tmp_path
     assert results["done"] == 2 and results["missing"] == [2, 3]
     report = (out / "report.md").read_text()
     assert "| cwtm |" in report and "| always_fails | no result |" in report
+    assert (out / "curves_aggregator.name_test_loss_bytes.png").read_bytes()[:4] == b"\x89PNG"
 
     # Started again after the done cells' base changed for one of them: only that one and the failed
     # ones run; the changed cell's old directory is moved aside, not written into.
