@@ -873,7 +873,7 @@ _REFERENCES = {
     "caf": ("Allouah, Guerraoui, Stephan, Towards Trustworthy Federated Learning with Untrusted Participants, "
         "ICML 2025, Algorithm 2 (covariance-bound agnostic filter)"),
     "monna": ("Farhadkhani, Guerraoui, Gupta, Hoang, Pinot, Stephan, Robust Collaborative Learning with Linear "
-        "Gradient Overhead, ICML 2023 (MoNNA)"),
+        "Gradient Overhead, ICML 2023, arXiv:2209.10931 (MoNNA)"),
     "dnc": ("Shejwalkar, Houmansadr, Manipulating the Byzantine: Optimizing Model Poisoning Attacks and Defenses "
         "for Federated Learning, NDSS 2021, Algorithm 2 (divide-and-conquer)"),
 }
