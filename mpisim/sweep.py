@@ -25,6 +25,7 @@ The grid file (TOML)::
     "byzantine.fault" = ["alie", "ipm"]
 
     [[zip]]                          # fields that vary together (lists of one length)
+    rule = ["cwtm", "nnm+cwtm"]      # a key without a dot: the steps' names in reports, not a field
     "aggregator.pre" = [[], ["nnm"]]
     "optim.lr" = [0.1, 0.05]
 
@@ -151,7 +152,15 @@ class Cell:
 # ---------------------------------------------------------------------------- the grid file
 
 
-def _field(name: Any, where: str) -> str:
+def is_label(name: str) -> bool:
+    """A key of a [[zip]] group without a dot names its steps in reports ("rule" = ["mean", "nnm+cwtm"]);
+    it is not a configuration field."""
+    return "." not in name
+
+
+def _field(name: Any, where: str, *, label_ok: bool = False) -> str:
+    if label_ok and isinstance(name, str) and name.isidentifier():
+        return name
     if not isinstance(name, str) or len(name.split(".")) < 2 or not all(name.split(".")):
         raise GridError(f"{where}: {name!r} is not a field; write \"section.field\" (e.g. \"aggregator.name\")")
     if name.split(".")[0] == "run" and name.split(".")[1] in ("name", "out_dir", "resume", "seed"):
@@ -169,7 +178,9 @@ def _axes_of(table: Any, where: str, *, zipped: bool) -> list[Axis]:
     if not isinstance(table, dict):
         raise GridError(f"[{where}] must be a table of \"section.field\" = [values]")
     if zipped:
-        fields = [_field(k, f"[[{where}]]") for k in table]
+        fields = [_field(k, f"[[{where}]]", label_ok=True) for k in table]
+        if all(is_label(f) for f in fields):
+            raise GridError(f"[[{where}]]: a group of labels only ({', '.join(fields)}) sets no field")
         if not fields:
             raise GridError(f"[[{where}]]: an empty group")
         lists = [_values(table[k], f"[[{where}]] {k}") for k in table]
@@ -332,7 +343,8 @@ def resolve(grid: Grid, cell: Cell):
     cls, validate = _protocol(grid.mode)
     tables = grid.base
     for field, value in cell.values.items():
-        tables = config._deep_merge(tables, _nest(field, value))
+        if not is_label(field):
+            tables = config._deep_merge(tables, _nest(field, value))
     tables = config._deep_merge(tables, {"run": {"out_dir": str(grid.out_dir), "name": cell.name,
                                                  "progress": False}})
     try:

@@ -96,6 +96,26 @@ def test_bad_sweep_table_and_a_cell_whose_configuration_is_wrong(tmp_path):
         sweep.resolve(grid, cells[2])
 
 
+def test_a_label_key_names_a_zipped_group_and_is_no_field(tmp_path):
+    grid = sweep.load(grid_file(tmp_path, """
+        [[zip]]
+        rule = ["cwtm", "nnm+cwtm"]
+        "aggregator.name" = ["cwtm", "cwtm"]
+        "aggregator.pre" = [[], ["nnm"]]
+        [report]
+        tables = [["agents.n", "rule"]]
+    """.replace('tables = [["agents.n", "rule"]]', "")))
+    cells = sweep.cells(grid)
+
+    assert [c.values["rule"] for c in cells] == ["cwtm", "cwtm", "nnm+cwtm", "nnm+cwtm"]
+    cfg = sweep.resolve(grid, cells[2])
+    assert cfg.aggregator.pre == ("nnm",) and not hasattr(cfg, "rule")
+    with pytest.raises(sweep.GridError, match="a group of labels only"):
+        sweep.load(grid_file(tmp_path, '[[zip]]\nrule = ["a", "b"]\n'))
+    with pytest.raises(sweep.GridError, match="'rule' is not a field"):
+        sweep.load(grid_file(tmp_path, '[axes]\nrule = ["a", "b"]\n'))
+
+
 def test_array_spec_and_labels():
     assert sweep.array_spec([0, 1, 2, 3, 7, 9, 10]) == "0-3,7,9-10"
     assert sweep.array_spec([5]) == "5"
