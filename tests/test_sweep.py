@@ -201,6 +201,15 @@ def fails(x: torch.Tensor, *, f: int) -> torch.Tensor:
 '''
 
 
+def grid_with_failing_rule(tmp_path, body: str, *, sweep_table: str) -> str:
+    """A grid file whose base loads a plugin registering ``always_fails``, a rule that raises."""
+    (tmp_path / "fails.py").write_text(FAILING_PLUGIN)
+    grid = grid_file(tmp_path, body, sweep_table=sweep_table)
+    text = open(grid).read().replace("[base]\n", f'[base]\nrun.plugins = ["{tmp_path / "fails.py"}"]\n')
+    open(grid, "w").write(text)
+    return grid
+
+
 def sweep_cli(*args, cwd, timeout=600):
     return subprocess.run([sys.executable, "-m", "mpisim.cli", "sweep", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -209,8 +218,7 @@ def sweep_cli(*args, cwd, timeout=600):
 @pytest.mark.processes
 @pytest.mark.timeout(900)
 def test_a_small_sweep_runs_resumes_reports_and_survives_a_failing_cell(tmp_path):
-    (tmp_path / "fails.py").write_text(FAILING_PLUGIN)
-    grid = grid_file(tmp_path, """
+    grid = grid_with_failing_rule(tmp_path, """
         [axes]
         "aggregator.name" = ["cwtm", "always_fails"]
         "byzantine.fault" = ["sign_flip", "alie"]
@@ -219,8 +227,6 @@ def test_a_small_sweep_runs_resumes_reports_and_survives_a_failing_cell(tmp_path
         worst_over = ["byzantine.fault"]
         curves = [{group = "aggregator.name", x = "bytes", y = "test_loss"}]
     """, sweep_table='mode = "server"\nranks = 3\nout_dir = "out"\nseeds = [0]\ntimeout = 120\n')
-    text = open(grid).read().replace("[base]\n", f'[base]\nrun.plugins = ["{tmp_path / "fails.py"}"]\n')
-    open(grid, "w").write(text)
 
     first = sweep_cli(grid, "--jobs", "1", cwd=tmp_path)
 
@@ -319,13 +325,10 @@ def test_cells_run_in_one_job_give_the_models_of_one_job_each(tmp_path):
 @pytest.mark.processes
 @pytest.mark.timeout(900)
 def test_a_cell_that_aborts_its_job_takes_no_other_cell_down(tmp_path):
-    (tmp_path / "fails.py").write_text(FAILING_PLUGIN)
-    grid = grid_file(tmp_path, """
+    grid = grid_with_failing_rule(tmp_path, """
         [axes]
         "aggregator.name" = ["cwtm", "always_fails", "median"]
     """, sweep_table='ranks = 3\nout_dir = "out"\nseeds = [0, 1]\nblock = 6\ntimeout = 120\n')
-    text = open(grid).read().replace("[base]\n", f'[base]\nrun.plugins = ["{tmp_path / "fails.py"}"]\n')
-    open(grid, "w").write(text)
 
     result = sweep_cli(grid, cwd=tmp_path)
 
