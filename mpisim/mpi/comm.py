@@ -416,6 +416,11 @@ class ColumnSlices:
         self._types = []
 
 
+def host_name() -> str:
+    """The name of the host this rank runs on, as MPI knows it (``MPI_Get_processor_name``)."""
+    return MPI.Get_processor_name()
+
+
 def on_one_node(comm: MPI.Comm) -> bool:
     """Whether every rank of ``comm`` shares one node's memory (every rank calls it)."""
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)

@@ -619,7 +619,7 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
     progress.close()
     loop_seconds = time.perf_counter() - clock
 
-    ranks = mpi.gather_small(world, {"rank": rank, "role": role.role, "ids": list(role.ids),
+    ranks = mpi.gather_small(world, {"rank": rank, "host": mpi.host_name(), "role": role.role, "ids": list(role.ids),
                                      "peak_rss": metrics.peak_rss_bytes(), "phases": role.timer.totals,
                                      "traffic": role.traffic.as_dict(), **role.report()}, root=ROOT)
     arrays = role.final_arrays() if cfg.run.save_model else {}
@@ -634,6 +634,7 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
         "run_dir": str(log.dir),
         "rounds": cfg.run.rounds,
         "world_size": world.Get_size(),
+        "hosts": len({r["host"] for r in ranks}),
         **role.summary(final, diverged),
         "final": final,
         "diverged": diverged,

@@ -90,7 +90,7 @@ class Transport:
         return None
 
     def summary(self) -> dict:
-        return {}
+        return {"transport": self.name}
 
 
 class Collectives(Transport):
@@ -254,7 +254,7 @@ class Sharded(Transport):
         return self.sums.sum
 
     def summary(self) -> dict:
-        return {"server_ranks": self.plan.servers, "server_slices": self.bounds,
+        return {**super().summary(), "server_ranks": self.plan.servers, "server_slices": self.bounds,
                 "server_reduce_bytes": self.sums.bytes}
 
 
