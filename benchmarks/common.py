@@ -45,6 +45,8 @@ def machine() -> dict:
         pass
     return {
         "cpu": cpu,
+        # which SIMD kernels torch runs: results of chaotic runs differ between machines that differ here
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -91,6 +91,7 @@ METRICS = {
     "final_test_loss": (("final", "test_loss"), False),
     "final_train_loss": (("final", "train_loss"), False),
     "best_test_accuracy": (("best", "test_accuracy"), True),
+    "lowest_test_accuracy_second_half": (("late", "lowest_test_accuracy"), True),
     "final_distance_to_optimum": (("final", "distance_to_optimum"), False),
     "rounds_per_second": (("rounds_per_second",), True),
 }
@@ -122,7 +123,7 @@ class Grid:
     metric: str
     worst_over: tuple[str, ...]
     heatmaps: tuple[tuple[str, str], ...]
-    tables: tuple[tuple[str, str], ...] = ()     # (row field, column field) pivot tables
+    tables: tuple[tuple[str, ...], ...] = ()     # (row field, column field[, metric]) pivot tables
     curves: tuple[dict, ...] = ()                # {group, x, y}: curves of the reported cells
 
     @property
@@ -254,7 +255,10 @@ def load(path: str | Path, *, out_dir: str | Path | None = None) -> Grid:
         if f not in axis_fields:
             raise GridError(f"[report] worst_over: {f!r} is not a field of [axes] or [[zip]]")
     tables = tuple(tuple(t) for t in rep.get("tables", []))
-    for key, pairs in (("heatmaps", heatmaps), ("tables", tables)):
+    for t in tables:  # [down, across] or [down, across, metric]
+        if len(t) == 3 and t[2] not in METRICS:
+            raise GridError(f"[report] tables: the third entry is a metric, one of {', '.join(METRICS)}, got {t[2]!r}")
+    for key, pairs in (("heatmaps", heatmaps), ("tables", tuple(t[:2] if len(t) == 3 else t for t in tables))):
         for pair in pairs:
             if len(pair) != 2 or pair[0] == pair[1] or any(f not in axis_fields or f in worst_over for f in pair):
                 raise GridError(f"[report] {key}: pairs of two fields of the axes that the worst case is not "
@@ -522,8 +526,12 @@ def _read_run(run_dir: Path) -> dict:
         seen = [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         if seen:
             best[key] = max(seen)
+    rounds = summary.get("rounds") or 0
+    late = [r["test_accuracy"] for r in records if r.get("round", -1) >= rounds // 2
+            and isinstance(r.get("test_accuracy"), (int, float)) and math.isfinite(r["test_accuracy"])]
     final = summary.get("final") or {}
     return {"final": {k: v for k, v in final.items() if isinstance(v, (int, float))}, "best": best,
+            "late": {"lowest_test_accuracy": min(late)} if late else {},
             "rounds": summary.get("rounds"), "diverged": summary.get("diverged", False),
             "rounds_per_second": summary.get("rounds_per_second"), "bytes": summary.get("bytes", {}),
             "wall_seconds": summary.get("loop_seconds")}
@@ -675,8 +683,12 @@ def report(grid: Grid, every: list[Cell], results: dict, *, plots: bool = True) 
     writer = csv.writer(buf)
     writer.writerow(head)
     writer.writerows(lines)
-    for pair in grid.tables:
-        md.write(_pivot(grid, rows, pair))
+    for down, across, *other in grid.tables:
+        if other and other[0] != metric:  # the table of another metric
+            shown = dataclasses.replace(grid, metric=other[0])
+            md.write(_pivot(shown, worst_cases(shown, every, results), (down, across)))
+        else:
+            md.write(_pivot(grid, rows, (down, across)))
     for spec in grid.curves if plots else ():
         path = _curves(grid, rows, spec)
         if path is not None:
@@ -705,9 +717,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _others(grid: Grid, fields: Sequence[str]) -> list[str]:
+    """The setting fields that vary apart from ``fields`` (a field zipped with one of them varies with it)."""
+    together = {f for axis in grid.axes if set(axis.fields) & set(fields) for f in axis.fields}
+    return [f for f in grid.setting_fields if f not in together]
+
+
 def _by_others(grid: Grid, rows: list[dict], fields: Sequence[str]) -> dict[tuple, list[dict]]:
-    """The reported rows grouped by the values of the setting fields not in ``fields``."""
-    others = [f for f in grid.setting_fields if f not in fields]
+    """The reported rows grouped by the values of the setting fields that vary apart from ``fields``."""
+    others = _others(grid, fields)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if "mean" in r:
@@ -716,7 +734,7 @@ def _by_others(grid: Grid, rows: list[dict], fields: Sequence[str]) -> dict[tupl
 
 
 def _title(grid: Grid, fields: Sequence[str], key: tuple) -> str:
-    others = [f for f in grid.setting_fields if f not in fields]
+    others = _others(grid, fields)
     return ", ".join(f"{f} {_label(v)}" for f, v in zip(others, key))
 
 

@@ -116,6 +116,32 @@ def test_a_label_key_names_a_zipped_group_and_is_no_field(tmp_path):
         sweep.load(grid_file(tmp_path, '[axes]\nrule = ["a", "b"]\n'))
 
 
+def test_a_table_keeps_a_zipped_group_in_one_table_and_can_show_another_metric(tmp_path):
+    grid = sweep.load(grid_file(tmp_path, """
+        [[zip]]
+        filter = ["cge, f = 1", "cge, f = 2"]
+        "aggregator.name" = ["cge", "cge"]
+        "aggregator.f" = [1, 2]
+        [axes]
+        "aggregator.averaging" = [0.0, 0.5]
+        [report]
+        tables = [["filter", "aggregator.averaging"],
+                  ["filter", "aggregator.averaging", "lowest_test_accuracy_second_half"]]
+    """))
+    cells = sweep.cells(grid)
+    results = {c.name: {"final": {"test_accuracy": 0.9 - 0.1 * c.values["aggregator.f"]},
+                        "late": {"lowest_test_accuracy": 0.5 + c.values["aggregator.averaging"] / 10}}
+               for c in cells}
+    grid.out_dir.mkdir(parents=True)
+
+    md = sweep.report(grid, cells, results)["md"].read_text()
+
+    assert ("| filter \\ aggregator.averaging | 0.0 | 0.5 |\n| --- | --- | --- |\n"
+            "| cge, f = 1 | 80.00 | 80.00 |\n| cge, f = 2 | 70.00 | 70.00 |") in md
+    assert "lowest_test_accuracy_second_half: filter down" in md
+    assert "| cge, f = 2 | 50.00 | 55.00 |" in md
+
+
 def test_array_spec_and_labels():
     assert sweep.array_spec([0, 1, 2, 3, 7, 9, 10]) == "0-3,7,9-10"
     assert sweep.array_spec([5]) == "5"
