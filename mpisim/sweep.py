@@ -464,9 +464,11 @@ def run_block(grid: Grid, block: Sequence[Cell], configs: dict, *, env: dict | N
             break
         out[queue[crashed].name] = (f"exit {result.returncode} (its output is above)" if stream
                                     else _last_error(result, log))
-        queue = queue[crashed + 1:] if not result.timed_out else []
-        for cell in block:
-            out.setdefault(cell.name, f"not run: the job timed out on an earlier cell (log: {log})")
+        if result.timed_out:  # the job had time for all of them: the rest are not tried again
+            for cell in queue[crashed + 1:]:
+                out[cell.name] = f"not run: the job timed out on an earlier cell (log: {log})"
+            break
+        queue = queue[crashed + 1:]
     return out
 
 
@@ -480,7 +482,7 @@ def serve(cells_file: str) -> int:
 
     import torch
 
-    from . import datasets
+    from . import checkpoint, datasets
     from .mpi import comm as mpi
     from .protocols import driver
 
@@ -498,6 +500,8 @@ def serve(cells_file: str) -> int:
             try:
                 driver.main(protocol, ["--config", item["config"]])
             except SystemExit as exc:  # every rank exits a refused configuration together
+                if exc.code == checkpoint.EXIT_CHECKPOINTED:
+                    raise  # stopped by a signal (a SLURM time limit): the job ends, the sweep goes on later
                 if exc.code not in (0, None):
                     refused[item["name"]] = exc.code
         if world.Get_rank() == 0:
