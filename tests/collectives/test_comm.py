@@ -7,18 +7,11 @@ Row counts differ between ranks on purpose (unequal message sizes).
 
 import numpy as np
 import pytest
-from mpi4py import MPI
 
 from mpisim.mpi import comm as mpi
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
-
-@pytest.fixture
-def world():
-    comm = MPI.COMM_WORLD.Dup()  # library messages never collide with the caller's
-    yield comm
-    comm.Free()
 
 
 def rows_of(rank, d):

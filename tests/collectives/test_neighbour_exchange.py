@@ -8,7 +8,6 @@ the different vectors of two-faced Byzantine nodes.
 import numpy as np
 import pytest
 import torch
-from mpi4py import MPI
 
 from mpisim.graphs.exchange import GraphPlan, MessagePool
 from mpisim.mpi import comm as mpi
@@ -16,12 +15,6 @@ from mpisim.placement import Placement
 
 pytestmark = pytest.mark.mpi(min_size=3)
 
-
-@pytest.fixture
-def world():
-    comm = MPI.COMM_WORLD.Dup()
-    yield comm
-    comm.Free()
 
 
 def test_exchange_sends_any_rows_in_order_with_unequal_counts(world):

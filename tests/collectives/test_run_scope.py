@@ -10,12 +10,6 @@ from mpisim.mpi import comm as mpi
 pytestmark = pytest.mark.mpi(min_size=3)
 
 
-@pytest.fixture
-def world():
-    comm = MPI.COMM_WORLD.Dup()
-    yield comm
-    comm.Free()
-
 
 def made(world):
     """A sub-communicator, a shared window and a neighbourhood graph, as a run makes them."""

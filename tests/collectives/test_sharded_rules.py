@@ -8,7 +8,6 @@ rounding for the rules that sum whole-row quantities over the slices.
 
 import pytest
 import torch
-from mpi4py import MPI
 
 from mpisim.mpi import comm as mpi
 from mpisim.protocols.transport import SliceSums
@@ -26,12 +25,6 @@ SETTINGS = [(name, {}, ()) for name in sorted(aggregators.REGISTRY)] + [
     ("mean", {}, ("clipping",)), ("cwtm", {}, ("nnm", "arc")), ("median", {}, ("arc", "bucketing")),
 ]
 
-
-@pytest.fixture
-def world():
-    comm = MPI.COMM_WORLD.Dup()
-    yield comm
-    comm.Free()
 
 
 def block(n=12, d=103, seed=3):
