@@ -15,14 +15,25 @@
 #   eval "$(launch/hosts.sh start 3)"      # also exports MPISIM_MPIEXEC for 1 rank a host
 #   mpiexec $(launch/hosts.sh mpiexec 2) -n 6 python -m mpisim.server_mode --agents.n 5
 #
-# MPISIM_HOSTS_NET (default 10.77.0) is the /24 the hosts use.
+# The hosts' names resolve to their addresses through lines of /etc/hosts that end in
+# "# mpisim test host" (hydra's proxies, SLURM's steps call back by name, as on a cluster); stop
+# removes them. MPISIM_HOSTS_NET (default 10.77.0) is the /24 the hosts use.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 net="${MPISIM_HOSTS_NET:-10.77.0}"
 bridge=mpisim-br
 prefix=mpisim-h
 
+mark="# mpisim test host"
 die() { echo "hosts.sh: $*" >&2; exit 1; }
+
+# /etc/hosts may be a bind mount (containers): rewrite it in place, never replace the file.
+forget_names() {
+    local kept
+    grep -q "$mark\$" /etc/hosts 2>/dev/null || return 0
+    kept="$(grep -v "$mark\$" /etc/hosts)"
+    printf '%s\n' "$kept" > /etc/hosts
+}
 
 hosts() { ip netns list 2>/dev/null | awk '{print $1}' | grep "^${prefix}[0-9]*$" | sort -V || true; }
 
@@ -41,6 +52,7 @@ start() {
     [[ "$n" =~ ^[1-9][0-9]?$ ]] && [ "$n" -le 80 ] || die "start N: N from 1 to 80, got '$n'"
     [ "$(id -u)" = 0 ] || die "start needs root (ip netns, veth, a bridge)"
     [ -z "$(hosts)" ] || die "hosts are up already ($(hosts | tr '\n' ' ')): launch/hosts.sh stop first"
+    forget_names
     trap 'stop >/dev/null 2>&1' ERR
     ip link add "$bridge" type bridge
     ip addr add "${net}.1/24" dev "$bridge"
@@ -53,6 +65,7 @@ start() {
         ip -n "${prefix}$k" link set eth0 up
         ip -n "${prefix}$k" link set lo up
         ip -n "${prefix}$k" route add default via "${net}.1"
+        echo "${net}.$((10 + k)) ${prefix}$k $mark" >> /etc/hosts
     done
     trap - ERR
     echo "export MPISIM_MPIEXEC=\"$(command -v mpiexec 2>/dev/null || echo mpiexec) $(launcher_line 1)\""
@@ -67,6 +80,7 @@ stop() {
     ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^mpisim-v[0-9]*$' \
         | xargs -r -n1 ip link del 2>/dev/null || true
     if ip link show "$bridge" >/dev/null 2>&1; then ip link del "$bridge"; fi
+    forget_names
 }
 
 status() {

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ SMALL = ["--data.name", "synthetic_regression", "--data.params.samples", "600", 
 def left_behind() -> str:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    return "\n".join(line for line in (netns + links).splitlines() if "mpisim-" in line)
+    names = Path("/etc/hosts").read_text()  # the hosts' names (lines that end in "# mpisim test host")
+    return "\n".join(line for line in (netns + links + names).splitlines() if "mpisim-" in line)
 
 
 @pytest.fixture(scope="module")

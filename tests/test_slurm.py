@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from mpisim.mpi import comm
@@ -371,6 +372,19 @@ def test_the_launcher_labels_every_line_with_the_rank():
                                                                                          "mpiexec --tag-output")
 
 
+def test_auto_starts_the_mpich_wheel_with_mpiexec_on_more_than_one_node_and_srun_otherwise():
+    show = 'mpisim_launcher; echo "${LAUNCHER[*]}"'
+    venv_path = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+    two_nodes = bash_job_sh(show, {"SLURM_JOB_NUM_NODES": "2", **venv_path})
+    assert two_nodes.stdout.strip() == "mpiexec -l" and "2 nodes with the MPICH wheel" in two_nodes.stderr
+    assert bash_job_sh(show, {"SLURM_JOB_NUM_NODES": "1"}).stdout.strip() == "srun --label --mpi=pmi2"
+    assert bash_job_sh(show, {"SLURM_JOB_NUM_NODES": "2", "MPISIM_MPI": "system"}).stdout.strip() \
+        == "srun --label --mpi=pmi2"
+    assert bash_job_sh(show, {"SLURM_JOB_NUM_NODES": "2", "MPISIM_LAUNCH": "srun"}).stdout.strip() \
+        == "srun --label --mpi=pmi2"
+
+
 # ---------------------------------------------------------------- a real SLURM cluster
 
 
@@ -391,22 +405,21 @@ def free_port_pair() -> int:
     raise RuntimeError("no pair of free ports")
 
 
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    """A one-node SLURM cluster of this session's own; yields the environment its clients need."""
+def start_cluster(folder: Path, *nodes: str):
+    """Start launch/slurm/test_cluster.sh start [NODES] in FOLDER/cluster, on free ports; the
+    environment its clients need, or a skip saying why it cannot be had here."""
     if shutil.which("bash") is None:
         pytest.skip("no bash")
-    folder = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "MPISIM_SLURM_DIR": str(folder / "cluster"), "MPISIM_SLURM_PORT": str(free_port_pair())}
     env = {k: v for k, v in env.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))
            and k not in ("MPISIM_MPIEXEC", "MPISIM_LAUNCH", "MPISIM_SRUN_MPI", "MPISIM_OUT_DIR")}
     try:
-        started = subprocess.run(["bash", str(SLURM / "test_cluster.sh"), "start"], env=env, capture_output=True,
-                                 text=True, timeout=600, stdin=subprocess.DEVNULL)
+        started = subprocess.run(["bash", str(SLURM / "test_cluster.sh"), "start", *nodes], env=env,
+                                 capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         started = None
     if started is None or started.returncode == 3:
-        # whatever did start (munged, slurmctld) goes again
+        # whatever did start (munged, slurmctld, hosts) goes again
         subprocess.run(["bash", str(SLURM / "test_cluster.sh"), "stop"], env=env, capture_output=True, timeout=120)
         reason = ("launch/slurm/test_cluster.sh start took more than 10 minutes" if started is None else
                   (started.stderr.strip().splitlines() or ["test_cluster.sh start exited with 3"])[-1])
@@ -415,19 +428,47 @@ def slurm(tmp_path_factory):
     env["SLURM_CONF"] = started.stdout.strip().split("=", 1)[1]
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}:/usr/sbin"
     env["MPISIM_ROOT"] = str(ROOT)
-    jobs: list[str] = []
-    yield SimpleNamespace(env=env, dir=folder, jobs=jobs, logs=folder / "cluster" / "log")
-    if jobs:  # only the jobs these tests submitted
-        subprocess.run(["scancel", *jobs], env=env, capture_output=True, timeout=60)
-    subprocess.run(["bash", str(SLURM / "test_cluster.sh"), "stop"], env=env, capture_output=True, timeout=120)
+    return SimpleNamespace(env=env, dir=folder, jobs=[], logs=folder / "cluster" / "log")
+
+
+def stop_cluster(cluster) -> None:
+    if cluster.jobs:  # only the jobs these tests submitted
+        subprocess.run(["scancel", *cluster.jobs], env=cluster.env, capture_output=True, timeout=60)
+    subprocess.run(["bash", str(SLURM / "test_cluster.sh"), "stop"], env=cluster.env, capture_output=True,
+                   timeout=120)
     # A killed step leaves MPICH's segment (named after JOBID.STEPID) in /dev/shm: remove
     # those of this cluster's jobs, whose ids start at its first_job_id.
-    first = int((folder / "cluster" / "first_job_id").read_text())
+    first = int((cluster.dir / "cluster" / "first_job_id").read_text())
     for job in range(first, first + 200):
         for step in range(4):
             for prefix in ("mpich_shm", "mpich_vci"):
                 for path in Path("/dev/shm").glob(f"{prefix}_{fnv1a(f'{job}.{step}')}_*"):
                     path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A one-node SLURM cluster of this session's own; yields the environment its clients need."""
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    stop_cluster(cluster)
+
+
+@pytest.fixture(scope="module")
+def slurm_hosts(tmp_path_factory):
+    """A SLURM cluster of two nodes, each a test host of launch/hosts.sh (its own network and
+    hostname), started with the hosts and removed with them."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nsenter") is None:
+        pytest.skip("a cluster of test hosts needs root, ip (iproute2), unshare and nsenter")
+    if "mpisim-h" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
+        pytest.fail("test hosts from an earlier run are still up: launch/hosts.sh stop")
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm-hosts"), "2")
+    try:
+        yield cluster
+    finally:
+        stop_cluster(cluster)
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert "mpisim-h" not in left and "mpisim test host" not in Path("/etc/hosts").read_text()
 
 
 def sbatch(slurm, *args, env=None, timeout=180) -> tuple[subprocess.CompletedProcess, str]:
@@ -620,3 +661,28 @@ def test_warned_jobs_checkpoint_requeue_themselves_and_resume(slurm):
     assert "cell 1 (cwtm) checkpointed and stopped" in text and "cell 1 of 2: cwtm (resuming " in text
     record = json.loads((results / "tiny_sweep.json.cells" / "1.json").read_text())
     assert record["key"] == "cwtm" and record["settings"] == {"rounds": rounds}
+
+
+@pytest.mark.timeout(400)
+def test_a_job_on_two_nodes_gives_the_one_host_model(slurm_hosts, tmp_path):
+    """The batch script on two nodes (hosts with their own network): auto starts the ranks with
+    mpiexec, whose proxies srun starts, one a node; TCP between the nodes, the one-host model."""
+    from conftest import run_mpi
+
+    args = [*TINY, "--run.save_model", "true", "--aggregator.name", "cwtm", "--aggregator.f", "1",
+            "--byzantine.count", "1", "--byzantine.fault", "alie"]
+    one = run_mpi(3, ["-m", "mpisim.server_mode", *args, "--run.out_dir", str(tmp_path), "--run.name", "one"],
+                  timeout=120)
+    assert one.returncode == 0, one.stderr[-3000:]
+    result, job = sbatch(slurm_hosts, "--wait", "--nodes=2", "--ntasks=3", f"--output={tmp_path}/two-%j.out",
+                         str(SLURM / "server_mode.sbatch"), *args, env={"MPISIM_OUT_DIR": str(tmp_path)},
+                         timeout=180)
+    log = (tmp_path / f"two-{job}.out").read_text()
+    assert result.returncode == 0, log + result.stderr
+
+    assert f"job {job} on mpisim-h[1-2]: mpiexec -l -n 3" in log
+    summary = json.loads((tmp_path / f"slurm-{job}" / "summary.json").read_text())
+    assert summary["hosts"] == 2 and summary["transport"] == "collectives"
+    assert sorted(rank["host"] for rank in summary["ranks"]) == ["mpisim-h1", "mpisim-h1", "mpisim-h2"]
+    assert (np.load(tmp_path / f"slurm-{job}" / "model.npy").tobytes()
+            == np.load(tmp_path / "one" / "model.npy").tobytes())

@@ -7,7 +7,10 @@
 # cannot find the project from its own path.
 #
 # Settings (environment; the batch scripts show the usual ones):
-#   MPISIM_LAUNCH=srun|mpiexec  how the ranks start (default srun: the ranks are srun's tasks)
+#   MPISIM_LAUNCH=srun|mpiexec|auto  how the ranks start: srun (the ranks are srun's tasks), mpiexec
+#                               (MPICH's hydra, which starts one proxy a node with srun); auto
+#                               (default): srun, except for the MPICH wheel on more than one node
+#                               (see mpisim_launcher)
 #   MPISIM_SRUN_MPI=pmi2        srun's --mpi: pmi2 for the MPICH wheel, pmix for a cluster MPI built for it
 #   MPISIM_MPIEXEC="..."        the whole launcher command, before "-n K" (overrides the two above)
 #   MPISIM_OUT_DIR=results      where run directories go (relative to the project)
@@ -63,7 +66,19 @@ mpisim_launcher() {
         read -r -a LAUNCHER <<< "$MPISIM_MPIEXEC"
         return
     fi
-    case "${MPISIM_LAUNCH:-srun}" in
+    local launch="${MPISIM_LAUNCH:-auto}"
+    if [ "$launch" = auto ]; then
+        # The MPICH wheel (5.0.2) under srun --mpi=pmi2 across nodes failed in MPI_Init in 13 of
+        # 22 jobs on the test cluster of hosts (Slurm 22.05: its PMI server rejected a segment of
+        # the long address exchange, "value not properly terminated in client request", and the
+        # other tasks then waited for ever); mpiexec in the allocation started 6 of 6.
+        launch=srun
+        if [ "${MPISIM_MPI:-wheel}" = wheel ] && [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ]; then
+            launch=mpiexec
+            echo "mpisim: $SLURM_JOB_NUM_NODES nodes with the MPICH wheel: starting the ranks with mpiexec, not srun --mpi=pmi2 (see launch/slurm/job.sh)" >&2
+        fi
+    fi
+    case "$launch" in
         srun)
             # Not --kill-on-bad-exit: a run that checkpointed exits 75 on every
             # rank, and srun would kill the ranks still on their way out when the
@@ -77,7 +92,7 @@ mpisim_launcher() {
                 *"Open MPI"*|*OpenRTE*|*PRRTE*) LAUNCHER=(mpiexec --tag-output) ;;
                 *) LAUNCHER=(mpiexec) ;;
             esac ;;
-        *) mpisim_die "MPISIM_LAUNCH must be srun or mpiexec, not '$MPISIM_LAUNCH'" ;;
+        *) mpisim_die "MPISIM_LAUNCH must be srun, mpiexec or auto, not '$MPISIM_LAUNCH'" ;;
     esac
 }
 
