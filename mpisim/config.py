@@ -84,7 +84,11 @@ class RunConfig:
                                      "an older one for --run.resume_fallback if the newest is damaged")
     resume: str = option("", "a run directory to go on with from its newest checkpoint, into the same directory; its "
                              "config.toml is the base, and only run.rounds (which may grow), run.checkpoint_every, "
-                             "run.checkpoint_keep, run.resume_fallback and run.progress may differ")
+                             "run.checkpoint_keep, run.resume_fallback, run.round_timeout and run.progress may "
+                             "differ")
+    round_timeout: float = option(0.0, "seconds a round may take (evaluation and checkpoint included) before the job "
+                                       "is ended with the ranks and hosts that stopped answering named, exit code 3 "
+                                       "(0: no watchdog); set it well above the slowest round")
     resume_fallback: bool = option(False, "when the newest checkpoint fails its checks, go on from the newest intact "
                                           "one (the damaged ones are set aside, not deleted); without it such a "
                                           "resume stops with exit code 2")
@@ -475,6 +479,8 @@ def validate_run(run: RunConfig) -> None:
     require(run.checkpoint_every >= 0, "run.checkpoint_every",
             f"must be >= 0 (0: only on SIGTERM or SIGUSR1), got {run.checkpoint_every}")
     require(run.checkpoint_keep >= 1, "run.checkpoint_keep", f"must be >= 1, got {run.checkpoint_keep}")
+    require(math.isfinite(run.round_timeout) and run.round_timeout >= 0, "run.round_timeout",
+            f"must be a number of seconds >= 0 (0: no watchdog), got {run.round_timeout}")
     if run.resume:
         _validate_resume(run)
         return
@@ -503,7 +509,7 @@ def _shorten(text: str, limit: int = 80) -> str:
 
 # Fields a resumed run may change: none of them changes what the rounds compute.
 RESUMABLE_CHANGES = ("run.rounds", "run.resume", "run.resume_fallback", "run.checkpoint_every",
-                     "run.checkpoint_keep", "run.progress")
+                     "run.checkpoint_keep", "run.progress", "run.round_timeout")
 
 
 def resume_base(argv: Sequence[str]) -> str | None:

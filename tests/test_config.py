@@ -94,6 +94,8 @@ def test_a_sharded_server_takes_its_ranks_before_the_agents():
     (["--data.name", "mnist"], 11, "data.root", "set data.root"),
     (["--data.batch_size", "-1"], 11, "data.batch_size", ">= 0"),
     (["--run.rounds", "0"], 11, "run.rounds", ">= 1"),
+    (["--run.round_timeout", "-1"], 11, "run.round_timeout", ">= 0"),
+    (["--run.round_timeout", "nan"], 11, "run.round_timeout", ">= 0"),
     (["--aggregator.averaging", "1.0"], 11, "aggregator.averaging", "[0, 1)"),
     (["--data.name", "synthetic_regression", "--model.name", "least_squares", "--byzantine.fault",
       "random_labels"], 11, "byzantine.fault", "regression"),

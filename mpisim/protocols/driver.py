@@ -43,6 +43,7 @@ from ..config import ConfigError
 from ..graphs.topology import GraphError
 from ..learning import models, tasks
 from ..mpi import comm as mpi
+from ..mpi.watchdog import Watchdog
 
 ROOT = 0
 EVAL_BATCH = 1000  # test samples per forward pass when evaluating
@@ -595,6 +596,8 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
         last = metrics.read_jsonl(directory / "metrics.jsonl")[-1] if rank == ROOT else None
     progress = progress_bar(cfg.run.rounds, rank == ROOT and cfg.run.progress, unit=protocol.unit,
                             initial=first)
+    watchdog = (Watchdog(world, timeout=cfg.run.round_timeout, root=ROOT, unit=protocol.unit, first=first)
+                if cfg.run.round_timeout > 0 else None)
     for t in range(first + 1, cfg.run.rounds + 1):
         role.step(t)
         if evaluated(t, cfg.run):
@@ -608,13 +611,19 @@ def run(world: mpi.Comm, protocol: type[Protocol], cfg, plan, log: metrics.RunLo
             stops.ignore()  # stopping now: a further signal must not end the process another way
         if stop or (every and (t % every == 0 or t == cfg.run.rounds)):
             save(t, clock)
+        if watchdog is not None:
+            watchdog.tick(t)
         if stop:
+            if watchdog is not None:
+                watchdog.close()
             progress.close()
             if rank == ROOT:
                 log.close()
                 say(f"mpisim: stopped by a signal after round {t}, with a checkpoint: go on with "
                     f"--run.resume {directory}", sys.stderr)
             sys.exit(checkpoint.EXIT_CHECKPOINTED)
+    if watchdog is not None:
+        watchdog.close()
     signals.release()
     progress.close()
     loop_seconds = time.perf_counter() - clock

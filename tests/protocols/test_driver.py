@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,57 @@ def test_the_driver_logs_on_schedule_and_writes_the_summary_before_the_model(tmp
         assert result.returncode != 0 and "No space left" in result.stderr
         assert not (run_dir / "model.npy").exists()
 
+
+
+# ---------------------------------------------------------------- the watchdog (run.round_timeout) on one host
+
+WATCHED = ["--data.name", "synthetic_regression", "--data.params.samples", "300", "--data.params.dim", "20",
+           "--model.name", "least_squares", "--agents.n", "4", "--agents.per_rank", "2", "--run.progress", "false",
+           "--run.save_model", "true"]
+
+
+def test_a_watched_run_gives_the_unwatched_model(mpirun, tmp_path):
+    for name, extra in (("off", []), ("on", ["--run.round_timeout", "30"])):
+        result = mpirun(3, ["-m", "mpisim.server_mode", *WATCHED, "--run.rounds", "300", "--run.out_dir",
+                            str(tmp_path), "--run.name", name, *extra], timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    assert np.load(tmp_path / "on" / "model.npy").tobytes() == np.load(tmp_path / "off" / "model.npy").tobytes()
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_rank_ends_the_job_within_the_round_timeout_naming_it(tmp_path):
+    """SIGSTOP on the rank of agents 2 and 3: rank 0's watchdog names it and its host, exit 3, nothing left."""
+    import os
+    import signal
+    import time
+
+    from mpisim.mpi import comm, launcher
+
+    command = [*launcher.mpiexec_command(), "-n", "3", sys.executable, "-m", "mpisim.server_mode", *WATCHED,
+               "--run.rounds", "100000", "--run.round_timeout", "2", "--run.out_dir", str(tmp_path),
+               "--run.name", "stopped"]
+    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "stopped" / "metrics.jsonl").exists():
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.0)
+        ranks = subprocess.run(["pgrep", "-f", "run[.]name stopped"], capture_output=True, text=True).stdout.split()
+        rank2 = next(int(pid) for pid in ranks
+                     if b"PMI_RANK=2" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        os.kill(rank2, signal.SIGSTOP)
+        struck = time.monotonic()
+        _, stderr = job.communicate(timeout=30)
+        ended = time.monotonic() - struck
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+
+    host = comm.host_name()
+    assert job.returncode == 3, stderr[-2000:]
+    assert f"Not answering: 1 rank on {host}:\n  rank 2 ({host}): silent for" in stderr
+    assert ended < 2 + 5, ended
+    assert not subprocess.run(["pgrep", "-f", "run[.]name stopped"], capture_output=True, text=True).stdout
