@@ -9,9 +9,12 @@ case the byte and packet counters of the three hosts' interfaces (read from the 
 the run's summary says each rank sent and received, by category (protocol, adversary). Cases:
 the dense uplink, the codecs sign, scaled_sign, topk and qsgd (vanilla compressed GD, the mean),
 and an omniscient fault (ALIE under the trimmed mean), whose colluding agents' own exchange is
-counted apart as adversary bytes. Least squares on synthetic data of ``--dim`` coordinates, so
-that the payloads dwarf the control messages. The hosts are started if none are up, and removed
-at the end if this script started them. Saves benchmarks/results/wire_bytes.json.
+counted apart as adversary bytes. Then the decentralized mode (BRIDGE-T, 12 nodes of a dense
+Erdos-Renyi graph, four on each of the three hosts, one rank a host): every byte its
+neighbourhood exchange sends to another rank crosses a veth. Least squares on synthetic data of
+``--dim`` coordinates, so that the payloads dwarf the control messages. The hosts are started if
+none are up, and removed at the end if this script started them. Saves
+benchmarks/results/wire_bytes.json.
 """
 
 from __future__ import annotations
@@ -53,18 +56,13 @@ def hosts_up() -> bool:
     return "mpisim-h1" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
-def run_case(args, extra: list[str], out: Path, name: str) -> tuple[dict, dict[int, dict]]:
-    half = args.agents // 2
-    layout = f"{NET}.11:1,{NET}.12:{half},{NET}.13:{args.agents - half}"
+def run_job(layout: str, nprocs: int, module: str, run_args: list[str], out: Path,
+            name: str) -> tuple[dict, dict[int, dict]]:
+    """One job across the hosts (LAYOUT: hydra's -hosts list); its summary and each host's wire bytes."""
     mpiexec = [*launcher.mpiexec_command(), "-launcher", "rsh", "-launcher-exec", str(ROOT / "launch" / "hosts-enter"),
                "-localhost", f"{NET}.1", "-hosts", layout]
-    cmd = [*mpiexec, "-n", str(args.agents + 1), sys.executable, "-m", "mpisim.server_mode",
-           "--data.name", "synthetic_regression", "--data.params.samples", str(20 * args.agents),
-           "--data.params.dim", str(args.dim), "--data.params.test_samples", "20", "--model.name", "least_squares",
-           "--optim.lr", "0.01", "--agents.n", str(args.agents), "--agents.per_rank", "1",
-           "--aggregator.f", "2", "--byzantine.count", "2", "--byzantine.ids", "0,1",
-           "--run.rounds", str(args.rounds), "--run.eval_every", str(args.rounds), "--run.progress", "false",
-           "--run.out_dir", str(out), "--run.name", name, *extra]
+    cmd = [*mpiexec, "-n", str(nprocs), sys.executable, "-m", module, *run_args, "--run.progress", "false",
+           "--run.out_dir", str(out), "--run.name", name]
     before = {k: counters(k) for k in (1, 2, 3)}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL)
     after = {k: counters(k) for k in (1, 2, 3)}
@@ -72,6 +70,34 @@ def run_case(args, extra: list[str], out: Path, name: str) -> tuple[dict, dict[i
         raise SystemExit(f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     wire = {k: {key: after[k][key] - before[k][key] for key in after[k]} for k in after}
     return json.loads((out / name / "summary.json").read_text()), wire
+
+
+def regression(args, samples: int) -> list[str]:
+    return ["--data.name", "synthetic_regression", "--data.params.samples", str(samples), "--data.params.dim",
+            str(args.dim), "--data.params.test_samples", "20", "--model.name", "least_squares",
+            "--run.rounds", str(args.rounds), "--run.eval_every", str(args.rounds)]
+
+
+def run_case(args, extra: list[str], out: Path, name: str) -> tuple[dict, dict[int, dict]]:
+    half = args.agents // 2
+    layout = f"{NET}.11:1,{NET}.12:{half},{NET}.13:{args.agents - half}"
+    return run_job(layout, args.agents + 1, "mpisim.server_mode", [
+        *regression(args, 20 * args.agents), "--optim.lr", "0.01", "--agents.n", str(args.agents),
+        "--agents.per_rank", "1", "--aggregator.f", "2", "--byzantine.count", "2", "--byzantine.ids", "0,1",
+        *extra], out, name)
+
+
+def run_decentralized(args, out: Path) -> dict:
+    """12 nodes, 4 a rank, one rank a host: the exchange's bytes to other ranks all cross a veth."""
+    summary, wire = run_job(f"{NET}.11:1,{NET}.12:1,{NET}.13:1", 3, "mpisim.decentralized", [
+        *regression(args, 240), "--optim.lr", "0.01", "--nodes.n", "12", "--nodes.per_rank", "4",
+        "--graph.p", "0.8", "--screening.b", "1", "--byzantine.count", "1"], out, "decentralized")
+    sent = {r["host"]: r["traffic"]["sent"].get("protocol", 0) for r in summary["ranks"]}
+    on_wire = {f"mpisim-h{k}": wire[k]["sent"] for k in wire}
+    packets = sum(wire[k]["packets_sent"] for k in wire)
+    beyond = sum(on_wire.values()) - sum(sent.values())
+    return {"reported_sent": sent, "wire_sent": on_wire, "extra_bytes": beyond, "packets": packets,
+            "summary_bytes": summary["bytes"], "wire": wire}
 
 
 def reported(summary: dict, host: str, direction: str, category: str) -> int:
@@ -109,6 +135,8 @@ def main() -> None:
                              f"{wire[2]['sent'] + wire[3]['sent'] - on_wire_in:,}"])
                 print(f"  {label}: server sent {server_sent:,} B, its host's wire {on_wire_out:,} B; received "
                       f"{server_received:,} B, wire {on_wire_in:,} B", flush=True)
+            decentralized = run_decentralized(args, Path(tmp))
+            results["decentralized"] = decentralized
     finally:
         if started:
             subprocess.run(["bash", str(HOSTS), "stop"], capture_output=True)
@@ -116,10 +144,18 @@ def main() -> None:
               "wire beyond mpisim", "per packet (B)", "adversary (mpisim)", "h2+h3 out, not to h1"]
     table = markdown_table(header, rows)
     print(table)
+    dec_rows = [[host, f"{decentralized['reported_sent'][host]:,}", f"{decentralized['wire_sent'][host]:,}",
+                 f"{decentralized['wire_sent'][host] - decentralized['reported_sent'][host]:,}"]
+                for host in sorted(decentralized["wire_sent"])]
+    dec_table = markdown_table(["host (one rank, 4 nodes)", "exchange sent (mpisim)", "wire out", "beyond"],
+                               dec_rows)
+    print(dec_table)
+    print(f"decentralized: {decentralized['extra_bytes']:,} B beyond mpisim's count in "
+          f"{decentralized['packets']:,} packets")
     path = save_json("wire_bytes.json", {
         "benchmark": __doc__.split("\n\n")[0],
         "command": f"python benchmarks/bench_wire.py --dim {args.dim} --rounds {args.rounds} --agents {args.agents}",
-        "machine": machine(), "results": results, "table": table})
+        "machine": machine(), "results": results, "table": table, "decentralized_table": dec_table})
     print(f"saved {path}")
 
 
