@@ -31,6 +31,8 @@ from .. import seeding
 
 __all__ = [
     "GraphError", "GraphReport", "erdos_renyi", "neighbours", "edge_list", "from_edges",
+    "KINDS", "ring", "torus", "torus_shape", "complete", "two_cliques", "dumbbell", "read_edge_list", "build",
+    "metropolis_weights", "spectral_gap",
     "required_degree", "check", "draw_checked", "to_json", "from_json",
     "MAX_REDRAW", "PROGRESS_EVERY",
 ]
@@ -75,6 +77,146 @@ def erdos_renyi(n: int, p: float, rng: np.random.Generator) -> np.ndarray:
     adj[rows[present], cols[present]] = True
     adj |= adj.T
     return adj
+
+
+# The graph kinds of graph.kind. Every one but erdos_renyi is fixed by its parameters (dumbbell's
+# extra edges are drawn from the run's seed).
+KINDS = ("erdos_renyi", "ring", "torus", "complete", "two_cliques", "dumbbell", "file")
+
+
+def ring(n: int, hops: int = 1) -> np.ndarray:
+    """A ring lattice: node i is joined to the nodes within ``hops`` steps of it (degree 2 hops)."""
+    if not (_is_int(n) and n >= 3):
+        raise ValueError(f"ring: n must be an integer >= 3, got {n!r}")
+    if not (_is_int(hops) and 1 <= hops and 2 * hops < n):
+        raise ValueError(f"ring: hops must be in [1, {(n - 1) // 2}] for n = {n} (degree 2 hops < n), got {hops!r}")
+    i = np.arange(n)
+    adj = np.zeros((n, n), dtype=bool)
+    for h in range(1, hops + 1):
+        adj[i, (i + h) % n] = True
+    return adj | adj.T
+
+
+def torus_shape(n: int, rows: int = 0) -> tuple[int, int] | None:
+    """(rows, cols) of a 2-D torus of n nodes, both >= 3; the most square when ``rows`` is 0.
+    None when there is none (n prime, n < 9, or ``rows`` not a fitting divisor)."""
+    if rows:
+        return (rows, n // rows) if rows >= 3 and n % rows == 0 and n // rows >= 3 else None
+    fits = [r for r in range(3, math.isqrt(n) + 1) if n % r == 0 and n // r >= 3]
+    return (fits[-1], n // fits[-1]) if fits else None
+
+
+def torus(n: int, rows: int = 0) -> np.ndarray:
+    """A 2-D torus (the grid of rows x cols with wrap-around): every node has degree 4."""
+    shape = torus_shape(n, rows)
+    if shape is None:
+        raise ValueError(f"torus: {n} nodes make no torus of at least 3 x 3"
+                         + (f" with {rows} rows" if rows else " (n prime or too small)"))
+    r, c = shape
+    node = np.arange(n).reshape(r, c)
+    adj = np.zeros((n, n), dtype=bool)
+    adj[node, np.roll(node, -1, axis=1)] = True
+    adj[node, np.roll(node, -1, axis=0)] = True
+    return adj | adj.T
+
+
+def complete(n: int) -> np.ndarray:
+    if not (_is_int(n) and n >= 2):
+        raise ValueError(f"complete: n must be an integer >= 2, got {n!r}")
+    return ~np.eye(n, dtype=bool)
+
+
+def two_cliques(n: int, bridge_nodes: int = 0) -> np.ndarray:
+    """Two cliques of (n - m) / 2 nodes joined by a path through m = ``bridge_nodes`` nodes (He,
+    Karimireddy and Jaggi's bottleneck graph): clique 0..c-1, clique c..2c-1, path nodes 2c..n-1
+    from node 2c - 1 to node 0 (m = 0: the single edge {2c - 1, 0})."""
+    m = bridge_nodes
+    if not (_is_int(m) and m >= 0 and (n - m) % 2 == 0 and (n - m) // 2 >= 2):
+        raise ValueError(f"two_cliques: n - bridge_nodes must be even and leave two cliques of at least 2 "
+                         f"nodes, got n = {n}, bridge_nodes = {m!r}")
+    c = (n - m) // 2
+    adj = np.zeros((n, n), dtype=bool)
+    adj[:c, :c] = adj[c:2 * c, c:2 * c] = True
+    path = [2 * c - 1, *range(2 * c, n), 0]
+    adj[path[:-1], path[1:]] = True
+    adj |= adj.T
+    np.fill_diagonal(adj, False)
+    return adj
+
+
+def dumbbell(n: int, extra_edges: int, rng: np.random.Generator) -> np.ndarray:
+    """Two cliques of n / 2 nodes joined by the edge {0, n - 1} and ``extra_edges`` more edges
+    between them, drawn uniformly without replacement from ``rng``."""
+    if not (_is_int(n) and n >= 4 and n % 2 == 0):
+        raise ValueError(f"dumbbell: n must be an even integer >= 4, got {n!r}")
+    c = n // 2
+    if not (_is_int(extra_edges) and 0 <= extra_edges <= c * c - 1):
+        raise ValueError(f"dumbbell: extra_edges must be in [0, {c * c - 1}] for n = {n}, got {extra_edges!r}")
+    adj = np.zeros((n, n), dtype=bool)
+    adj[:c, :c] = adj[c:, c:] = True
+    np.fill_diagonal(adj, False)
+    between = np.setdiff1d(np.arange(c * c), [c - 1])  # pairs (i, c + j) as i * c + j; {0, n - 1} is 0 * c + c - 1
+    chosen = np.concatenate([[c - 1], rng.choice(between, size=extra_edges, replace=False)]).astype(np.int64)
+    adj[chosen // c, c + chosen % c] = True
+    return adj | adj.T
+
+
+def read_edge_list(path: str, n: int) -> np.ndarray:
+    """The graph of an edge-list file: one edge "i j" a line (spaces, tabs or a comma), node ids in
+    [0, n - 1], "#" starts a comment. ValueError naming the line for anything else."""
+    edges = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            text = line.split("#", 1)[0].replace(",", " ").split()
+            if not text:
+                continue
+            if len(text) != 2 or not all(t.lstrip("-").isdigit() for t in text):
+                raise ValueError(f"line {number}: expected two node ids, got {line.strip()!r}")
+            i, j = int(text[0]), int(text[1])
+            if not (0 <= i < n and 0 <= j < n):
+                raise ValueError(f"line {number}: node ids must be in [0, {n - 1}] (nodes.n = {n}), got {i} {j}")
+            if i == j:
+                raise ValueError(f"line {number}: a self loop ({i} {j}); a node always keeps its own model")
+            edges.append((i, j))
+    if not edges:
+        raise ValueError("no edges in the file")
+    return from_edges(n, edges)
+
+
+def build(kind: str, n: int, *, p: float = 0.5, hops: int = 1, rows: int = 0, bridge_nodes: int = 0,
+          extra_edges: int = 0, file: str = "", rng: np.random.Generator | None = None) -> np.ndarray:
+    """The graph of ``kind`` (one of :data:`KINDS`) on n nodes; ``rng`` for the random kinds."""
+    if kind == "erdos_renyi":
+        return erdos_renyi(n, p, rng)
+    if kind == "ring":
+        return ring(n, hops)
+    if kind == "torus":
+        return torus(n, rows)
+    if kind == "complete":
+        return complete(n)
+    if kind == "two_cliques":
+        return two_cliques(n, bridge_nodes)
+    if kind == "dumbbell":
+        return dumbbell(n, extra_edges, rng)
+    if kind == "file":
+        return read_edge_list(file, n)
+    raise ValueError(f"unknown graph kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def metropolis_weights(adj: np.ndarray) -> np.ndarray:
+    """The Metropolis-Hastings mixing matrix: W_ij = 1 / (1 + max(deg_i, deg_j)) on every edge,
+    W_ii = 1 - sum_j W_ij. Symmetric and doubly stochastic, with a non-negative diagonal."""
+    adj = _as_adjacency(adj)
+    degrees = adj.sum(axis=1)
+    weights = np.where(adj, 1.0 / (1.0 + np.maximum.outer(degrees, degrees)), 0.0)
+    weights[np.diag_indices_from(weights)] = 1.0 - weights.sum(axis=1)
+    return weights
+
+
+def spectral_gap(weights: np.ndarray) -> float:
+    """1 - the second largest eigenvalue modulus of a symmetric mixing matrix (0: disconnected)."""
+    moduli = np.sort(np.abs(np.linalg.eigvalsh(weights)))
+    return float(1.0 - moduli[-2]) if moduli.size > 1 else 1.0
 
 
 def neighbours(adj: np.ndarray) -> list[np.ndarray]:
@@ -203,6 +345,9 @@ class GraphReport:
     counterexample: tuple[tuple[int, int], ...] | None
     counterexample_source: tuple[int, ...] | None
     ok: bool
+    kind: str = "erdos_renyi"
+    spectral_gap: float | None = None  # of the Metropolis-Hastings weights of the whole graph
+    unchecked: bool = False  # run on although ok is False (graph.unchecked)
 
     def failures(self) -> list[str]:
         """One sentence per failed condition (empty when ``ok``)."""

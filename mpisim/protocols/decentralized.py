@@ -1,4 +1,4 @@
-"""Decentralized mode: BRIDGE over an Erdős–Rényi graph, every rank hosting graph nodes.
+"""Decentralized mode: BRIDGE over a checked graph (graph.kind), every rank hosting graph nodes.
 
 No server. Every rank builds the same graph from the run's seed and checks
 it (minimum honest degree as the screening needs, honest subgraph
@@ -30,6 +30,7 @@ nodes, reduced to rank 0) and the consensus distance
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -52,11 +53,46 @@ from .state import Node
 CONSENSUS_TOL = 1e-2
 
 
+def _graph(cfg: DecentralizedConfig, b: int, ids) -> tuple[np.ndarray, topology.GraphReport, int]:
+    """The run's graph of graph.kind, its check and the attempt that gave it (raises GraphError).
+
+    An Erdős–Rényi graph is drawn again (graph.redraw) until it passes; the other kinds are fixed by
+    their parameters and pass or fail as they are. ``graph.unchecked`` runs on a graph that fails
+    (the first draw), recorded in its report. The report carries the kind and the spectral gap of
+    the graph's Metropolis-Hastings weights."""
+    graph, scr = cfg.graph, cfg.screening
+    checks = dict(b=b, byzantine=ids, max_reduced_graphs=graph.max_reduced_graphs, samples=graph.samples,
+                  min_degree=screening.min_degree(scr.name, scr.b), screen=screening.describe(scr.name))
+    attempt = 0
+    if graph.kind == "erdos_renyi":
+        try:
+            adj, report, attempt = topology.draw_checked(cfg.nodes.n, graph.p, seed=cfg.run.seed,
+                                                         redraw=graph.redraw, **checks)
+        except topology.GraphError:
+            if not graph.unchecked:
+                raise
+            adj = topology.erdos_renyi(cfg.nodes.n, graph.p, seeding.numpy_generator(cfg.run.seed, seeding.GRAPH, 0))
+            report = topology.check(adj, p=graph.p, rng=seeding.numpy_generator(cfg.run.seed, seeding.GRAPH, 0, 1),
+                                    **checks)
+    else:
+        adj = topology.build(graph.kind, cfg.nodes.n, hops=graph.hops, rows=graph.rows,
+                             bridge_nodes=graph.bridge_nodes, extra_edges=graph.extra_edges, file=graph.file,
+                             rng=seeding.numpy_generator(cfg.run.seed, seeding.GRAPH, 0))
+        report = topology.check(adj, rng=seeding.numpy_generator(cfg.run.seed, seeding.GRAPH, 0, 1), **checks)
+        if not report.ok and not graph.unchecked:
+            raise topology.GraphError(
+                f"the {graph.kind} graph of {cfg.nodes.n} nodes (degrees {min(report.degrees)} to "
+                f"{max(report.degrees)}) fails the check for b={b}: {'; '.join(report.failures())}. Choose "
+                f"another graph, lower screening.b, or run on it anyway with graph.unchecked true")
+    gap = topology.spectral_gap(topology.metropolis_weights(adj))
+    return adj, dataclasses.replace(report, kind=graph.kind, spectral_gap=gap, unchecked=not report.ok), attempt
+
+
 class Decentralized(driver.Protocol):
     mode = "decentralized"
     config_class = DecentralizedConfig
     prog = "python -m mpisim.decentralized"
-    description = "Decentralized mode: BRIDGE over an Erdős–Rényi graph, every rank hosting graph nodes."
+    description = "Decentralized mode: BRIDGE over a checked graph, every rank hosting graph nodes."
     unit = "iteration"
     traffic = ("protocol",)
     validate = staticmethod(validate_decentralized)
@@ -67,10 +103,7 @@ class Decentralized(driver.Protocol):
         ids = driver.faulty_ids(cfg, cfg.nodes.n)
         scr = cfg.screening
         b = scr.b if scr.name != "local" else 0
-        adj, report, attempt = topology.draw_checked(
-            cfg.nodes.n, cfg.graph.p, b=b, byzantine=ids, seed=cfg.run.seed, redraw=cfg.graph.redraw,
-            max_reduced_graphs=cfg.graph.max_reduced_graphs, samples=cfg.graph.samples,
-            min_degree=screening.min_degree(scr.name, scr.b), screen=screening.describe(scr.name))
+        adj, report, attempt = _graph(cfg, b, ids)
         plan = GraphPlan(Placement(cfg.nodes.n, cfg.nodes.per_rank), frozenset(ids),
                          cfg.byzantine.two_faced, adj)
         if scr.name not in ("local", "dgd"):
@@ -318,8 +351,11 @@ class NodeHost(driver.Role):
         final = s["final"]
         graph = s["graph"]
         how = graph["assumption4_detail"].split(":")[0]
-        lines = [f"graph: p={graph['p']}, min honest degree {graph['min_honest_degree']}, "
-                 f"Assumption 4 {graph['assumption4']}" + (f" ({how})" if how else "")]
+        kind = f"{graph['kind']} p={graph['p']}" if graph.get("kind", "erdos_renyi") == "erdos_renyi" else graph["kind"]
+        lines = [f"graph: {kind}, min honest degree {graph['min_honest_degree']}, "
+                 f"Assumption 4 {graph['assumption4']}" + (f" ({how})" if how else "")
+                 + (f", spectral gap {graph['spectral_gap']:.3g}" if graph.get("spectral_gap") is not None else "")
+                 + (" (UNCHECKED: it fails the check)" if graph.get("unchecked") else "")]
 
         def pct(v):
             return "n/a" if not driver.finite(v) else f"{100 * v:.2f}%"

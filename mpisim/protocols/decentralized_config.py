@@ -17,10 +17,21 @@ __all__ = ["GraphConfig", "ScreeningConfig", "LocalConfig", "NodeByzantineConfig
 
 @dataclass(frozen=True)
 class GraphConfig:
-    """[graph]: the Erdős–Rényi graph and how hard it is checked (BRIDGE, Assumption 4)."""
+    """[graph]: the communication graph and how hard it is checked (BRIDGE, Assumption 4)."""
 
+    kind: str = option("erdos_renyi", "erdos_renyi (G(n, p)), ring (graph.hops), torus (2-D, graph.rows), complete, "
+                                      "two_cliques (joined by a path of graph.bridge_nodes nodes), dumbbell (two "
+                                      "cliques, one edge and graph.extra_edges random ones between them), file "
+                                      "(graph.file)")
     p: float = option(0.5, "Erdős–Rényi edge probability")
-    redraw: int = option(0, "draw again up to this many times when a graph fails the check (0: fail)")
+    hops: int = option(1, "ring: each node is joined to the nodes within this many steps (degree 2 hops)")
+    rows: int = option(0, "torus: rows of the grid, a divisor of nodes.n (0: the most square shape, both sides >= 3)")
+    bridge_nodes: int = option(0, "two_cliques: nodes on the path between the two cliques (0: one edge)")
+    extra_edges: int = option(0, "dumbbell: random edges between the two cliques beyond the bridge {0, n-1}")
+    file: str = option("", "file: an edge list, one edge 'i j' a line (node ids 0..nodes.n-1, '#' comments)")
+    unchecked: bool = option(False, "run on a graph that fails the check (degrees, connectivity, Assumption 4), "
+                                    "recorded in the summary; a screening still needs its neighbours")
+    redraw: int = option(0, "erdos_renyi: draw again up to this many times when a graph fails the check (0: fail)")
     max_reduced_graphs: int = option(200_000, "check Assumption 4 on every reduced graph when there are at most this "
                                               "many")
     samples: int = option(2_000, "otherwise check this many random reduced graphs (0: skip)")
@@ -96,6 +107,10 @@ class DecentralizedConfig(RunSections):
 FAULTS_EXTRA = ("init_random",)  # faults of the decentralized mode itself
 
 
+def _prime(n: int) -> bool:
+    return n >= 2 and all(n % k for k in range(2, math.isqrt(n) + 1))
+
+
 def validate_decentralized(cfg: DecentralizedConfig, world_size: int | None) -> None:
     """Raise ConfigError if ``cfg`` cannot run on ``world_size`` ranks (before the graph is drawn)."""
     from ..graphs import topology
@@ -105,7 +120,36 @@ def validate_decentralized(cfg: DecentralizedConfig, world_size: int | None) -> 
     config.validate_run_of(cfg, world_size, section="nodes", servers=0, least=2)
 
     graph = cfg.graph
+    require(graph.kind in topology.KINDS, "graph.kind",
+            f"unknown graph kind {graph.kind!r}; known: {', '.join(topology.KINDS)}")
     require(0.0 < graph.p <= 1.0, "graph.p", f"edge probability must be in (0, 1], got {graph.p}")
+    if graph.kind == "ring":
+        require(n >= 3 and 1 <= graph.hops and 2 * graph.hops < n, "graph.hops",
+                f"a ring of {n} nodes takes hops in [1, {max(1, (n - 1) // 2)}] (degree 2 hops < n), "
+                f"got {graph.hops}")
+    if graph.kind == "torus":
+        require(graph.rows >= 0, "graph.rows", f"must be >= 0 (0: the most square), got {graph.rows}")
+        require(topology.torus_shape(n, graph.rows) is not None, "graph.rows" if graph.rows else "graph.kind",
+                f"a torus needs rows x cols = nodes.n = {n} with both >= 3"
+                + (f"; {graph.rows} rows do not fit" if graph.rows else
+                   f"; {n} has no such factors ({'prime' if _prime(n) else 'too small'})"))
+    if graph.kind == "two_cliques":
+        m = graph.bridge_nodes
+        require(m >= 0 and (n - m) % 2 == 0 and (n - m) // 2 >= 2, "graph.bridge_nodes",
+                f"nodes.n - bridge_nodes must be even and leave two cliques of at least 2 nodes; got nodes.n = {n}, "
+                f"bridge_nodes = {m}")
+    if graph.kind == "dumbbell":
+        require(n >= 4 and n % 2 == 0, "nodes.n", f"a dumbbell needs an even number of nodes >= 4, got {n}")
+        require(0 <= graph.extra_edges <= (n // 2) ** 2 - 1, "graph.extra_edges",
+                f"must be in [0, {(n // 2) ** 2 - 1}] for two cliques of {n // 2}, got {graph.extra_edges}")
+    if graph.kind == "file":
+        require(graph.file != "", "graph.file", "graph.kind file needs an edge list: --graph.file PATH")
+        try:
+            topology.read_edge_list(graph.file, n)
+        except OSError as exc:
+            raise config.ConfigError("graph.file", f"cannot read {graph.file}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise config.ConfigError("graph.file", f"{graph.file}: {exc}") from None
     require(graph.redraw >= 0, "graph.redraw", f"must be >= 0, got {graph.redraw}")
     require(graph.max_reduced_graphs >= 0, "graph.max_reduced_graphs",
             f"must be >= 0, got {graph.max_reduced_graphs}")

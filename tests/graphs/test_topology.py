@@ -554,3 +554,98 @@ def test_progress_may_stop_the_search():
 
     with pytest.raises(Stop, match=str(T.PROGRESS_EVERY)):
         T.draw_checked(20, 0.01, b=1, byzantine=[], seed=0, redraw=T.MAX_REDRAW, progress=stop)
+
+
+# ---------------------------------------------------------------- graph.kind: the other topologies
+
+
+def degrees(adj):
+    return sorted(adj.sum(axis=1).tolist())
+
+
+def connected(adj):
+    reach = np.eye(len(adj), dtype=bool)[0]
+    for _ in range(len(adj)):
+        reach = reach | adj[reach].any(axis=0)
+    return bool(reach.all())
+
+
+def test_a_ring_joins_each_node_to_those_within_its_hops():
+    one, two = T.ring(6), T.ring(7, hops=2)
+
+    assert T.edge_list(one).tolist() == [[0, 1], [0, 5], [1, 2], [2, 3], [3, 4], [4, 5]]
+    assert degrees(two) == [4] * 7 and two[0, 2] and two[0, 5] and not two[0, 3]
+    with pytest.raises(ValueError, match="hops"):
+        T.ring(6, hops=3)  # node 0 would meet node 3 from both sides
+
+
+def test_a_torus_is_the_most_square_grid_with_wrap_around():
+    assert T.torus_shape(12) == (3, 4) and T.torus_shape(36) == (6, 6)
+    assert T.torus_shape(12, rows=4) == (4, 3) and T.torus_shape(12, rows=2) is None
+    assert T.torus_shape(13) is None and T.torus_shape(8) is None  # prime; too small
+
+    adj = T.torus(12)  # 3 rows of 4: node 0's neighbours are 1, 3 (its row) and 4, 8 (its column)
+    assert degrees(adj) == [4] * 12 and np.flatnonzero(adj[0]).tolist() == [1, 3, 4, 8]
+    with pytest.raises(ValueError, match="no torus"):
+        T.torus(13)
+
+
+def test_two_cliques_are_joined_by_a_path_of_bridge_nodes():
+    # cliques {0, 1, 2} and {3, 4, 5}, path 5 - 6 - 7 - 0
+    adj = T.two_cliques(8, bridge_nodes=2)
+
+    assert T.edge_list(adj).tolist() == [[0, 1], [0, 2], [0, 7], [1, 2], [3, 4], [3, 5], [4, 5], [5, 6],
+                                                [6, 7]]
+    assert T.edge_list(T.two_cliques(6)).tolist()[-1] == [4, 5] and T.two_cliques(6)[0, 5]
+    with pytest.raises(ValueError, match="even"):
+        T.two_cliques(7)
+
+
+def test_a_dumbbell_has_its_bridge_and_the_extra_edges_drawn_from_the_seed():
+    plain = T.dumbbell(8, 0, np.random.default_rng(0))
+    more = T.dumbbell(8, 3, np.random.default_rng(5))
+
+    between = lambda adj: int(adj[:4, 4:].sum())  # noqa: E731
+    assert between(plain) == 1 and plain[0, 7] and degrees(plain) == [3, 3, 3, 3, 3, 3, 4, 4]
+    assert between(more) == 4 and more[0, 7]
+    assert np.array_equal(more, T.dumbbell(8, 3, np.random.default_rng(5)))
+    assert T.complete(5).sum() == 20
+
+
+def test_an_edge_list_file_is_read_with_comments_and_refused_with_the_line(tmp_path):
+    good = tmp_path / "g.txt"
+    good.write_text("# a triangle and a tail\n0 1\n1,2\n2\t0  # closing\n\n2 3\n")
+    assert T.edge_list(T.read_edge_list(str(good), 4)).tolist() == [[0, 1], [0, 2], [1, 2], [2, 3]]
+
+    for text, words in [("0 1\n1 x\n", "line 2: expected two node ids"), ("0 4\n", "line 1: node ids must be in"),
+                        ("2 2\n", "line 1: a self loop"), ("# nothing\n", "no edges")]:
+        bad = tmp_path / "bad.txt"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=words):
+            T.read_edge_list(str(bad), 4)
+
+
+@pytest.mark.parametrize("adj", [
+    T.ring(9, hops=2), T.torus(16), T.complete(5), T.two_cliques(10, 2),
+    T.dumbbell(10, 2, np.random.default_rng(1)), T.erdos_renyi(20, 0.3, np.random.default_rng(2)),
+], ids=["ring", "torus", "complete", "two_cliques", "dumbbell", "erdos_renyi"])
+def test_the_metropolis_weights_are_doubly_stochastic_on_the_graph(adj):
+    weights = T.metropolis_weights(adj)
+
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0, atol=1e-12)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-12)
+    assert np.array_equal(weights, weights.T) and (np.diag(weights) >= 0).all()
+    assert ((weights > 0) == (adj | np.eye(len(adj), dtype=bool))).all()
+    gap = T.spectral_gap(weights)
+    assert (0 < gap <= 1) == connected(adj)
+
+
+def test_the_spectral_gap_by_hand():
+    # complete graph of n: W = J / n, eigenvalues 1 and 0: gap 1. Ring of 4: W has 1/3 everywhere on
+    # the diagonal and the edges, eigenvalues 1, 1/3, 1/3 and -1/3: gap 2/3.
+    assert T.spectral_gap(T.metropolis_weights(T.complete(6))) == pytest.approx(1.0)
+    ring = T.metropolis_weights(T.ring(4))
+    np.testing.assert_allclose(ring[0], [1 / 3, 1 / 3, 0, 1 / 3])
+    assert T.spectral_gap(ring) == pytest.approx(2 / 3)
+    # two triangles joined by one edge: the bottleneck makes the gap small
+    assert T.spectral_gap(T.metropolis_weights(T.two_cliques(6))) < 0.3

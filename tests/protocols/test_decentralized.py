@@ -106,6 +106,14 @@ def test_packing_gives_the_same_models(mpirun, tmp_path):
     (["--graph.p", "0.2", "--screening.b", "2"], "graph error"),     # too sparse for b = 2
     (["--nodes.per_rank", "1"], "need 6 MPI ranks"),
     (["--byzantine.fault", "alie"], "byzantine.fault"),
+    (["--graph.kind", "torus"], "graph.kind: a torus needs rows x cols = nodes.n = 6 with both >= 3"),
+    (["--graph.kind", "torus", "--nodes.n", "13", "--nodes.per_rank", "5", "--screening.b", "1"],
+     "13 has no such factors (prime)"),
+    (["--graph.kind", "ring", "--graph.hops", "3"], "graph.hops"),
+    (["--graph.kind", "ring"], "the ring graph of 6 nodes (degrees 2 to 2) fails the check for b=2"),
+    (["--graph.kind", "file"], "graph.file: graph.kind file needs an edge list"),
+    (["--graph.kind", "file", "--graph.file", "/nonexistent/edges.txt"], "graph.file: cannot read"),
+    (["--graph.kind", "mesh"], "graph.kind"),
 ])
 def test_bad_input_exits_on_every_rank_with_one_message(mpirun, tmp_path, args, words):
     result, run_dir = run_job(mpirun, tmp_path, 3, "--nodes.n", "6", "--nodes.per_rank", "2", *args,
@@ -115,6 +123,32 @@ def test_bad_input_exits_on_every_rank_with_one_message(mpirun, tmp_path, args, 
     assert result.stderr.count("mpisim: ") == 1, result.stderr
     assert words in result.stderr
     assert not run_dir.exists()
+
+
+@pytestmark_processes
+def test_a_malformed_edge_list_is_refused_with_its_line(mpirun, tmp_path):
+    edges = tmp_path / "edges.txt"
+    edges.write_text("0 1\n1 2 3\n")
+    result, run_dir = run_job(mpirun, tmp_path, 3, "--nodes.n", "6", "--nodes.per_rank", "2", "--graph.kind", "file",
+                              "--graph.file", str(edges), timeout=120)
+
+    assert result.returncode == 2 and result.stderr.count("mpisim: ") == 1, result.stderr
+    assert f"graph.file: {edges}: line 2: expected two node ids" in result.stderr and not run_dir.exists()
+
+
+@pytestmark_processes
+def test_a_graph_that_fails_runs_when_unchecked_and_says_so(mpirun, tmp_path):
+    # two triangles joined by one edge, a Byzantine node in one: gossip (dgd) runs, recorded as unchecked
+    result, run_dir = run_job(mpirun, tmp_path, 3, "--nodes.n", "6", "--nodes.per_rank", "2", "--graph.kind",
+                              "two_cliques", "--screening.name", "dgd", "--screening.b", "1", "--byzantine.count",
+                              "1", "--graph.unchecked", "true", "--run.rounds", "4", timeout=120)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    graph = json.loads((run_dir / "summary.json").read_text())["graph"]
+    assert graph["kind"] == "two_cliques" and graph["unchecked"] and not graph["ok"]
+    assert sorted(graph["degrees"]) == [2, 2, 2, 2, 3, 3]
+    assert 0 < graph["spectral_gap"] < 0.3
+    assert "graph: two_cliques" in result.stdout and "UNCHECKED" in result.stdout
 
 
 def test_bridge_t_step_matches_eq_7_by_hand():
