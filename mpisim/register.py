@@ -137,13 +137,16 @@ def model(name: str, *, kind: str = "classification", params: dict | None = None
 
 
 def screening(name: str, *, check: Callable[[int, int], str | None] | None = None, description: str = "",
-              reference: str = ""):
-    """Register a screen under the name a config gives (``screening.name``, decentralized mode)."""
+              reference: str = "", weighted: bool = False):
+    """Register a screen under the name a config gives (``screening.name``, decentralized mode).
+
+    ``weighted``: the screen also takes ``weights``, the node's row of the graph's Metropolis-Hastings
+    mixing matrix (own weight first, then the neighbours' in the order of the received rows)."""
     def deco(fn: Callable) -> Callable:
         from . import registry
 
         return screenings.register(name, title=description or registry.first_line(fn) or name, check=check,
-                                   reference=reference)(fn)
+                                   reference=reference, weighted=weighted)(fn)
 
     return deco
 

@@ -31,6 +31,7 @@ nodes, reduced to rank 0) and the consensus distance
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -165,18 +166,23 @@ class ByzantineMessages:
             self.pool.pool.index_copy_(0, rows, messages.to(torch.float32))
 
 
-def screen_all(pool: MessagePool, screen, *, b: int, exchanging: bool, out: torch.Tensor) -> None:
+def screen_all(pool: MessagePool, screen, *, b: int, exchanging: bool, out: torch.Tensor,
+               weights: dict[int, torch.Tensor] | None = None) -> None:
     """``out[k]``: what node k of this rank screens out of its own and its neighbours' models.
 
     Byzantine nodes only broadcast: their own model just takes local steps
     (faults such as sign_flip start from it), since the graph check only
     guarantees honest nodes enough neighbours to screen. Without exchange
-    (the local baseline) every node keeps its own model.
+    (the local baseline) every node keeps its own model. A weighted screen
+    (scclip) gets node j's row of the mixing matrix, ``weights[j]``.
     """
     for k, j in enumerate(pool.nodes):
         own = pool.models[k]
         if exchanging and j not in pool.plan.byzantine:
-            out[k] = screen(own, pool.received(j), b=b)
+            if weights is None:
+                out[k] = screen(own, pool.received(j), b=b)
+            else:
+                out[k] = screen(own, pool.received(j), b=b, weights=weights[j])
         else:
             out[k] = own
 
@@ -212,6 +218,12 @@ class NodeHost(driver.Role):
         self.honest_rows = [k for k, j in enumerate(self.ids) if j not in plan.byzantine]
         self.exchanging = cfg.screening.name != "local"
         self.screen = screening.SCREENS[cfg.screening.name]
+        self.weights = None
+        if self.screen.weighted:  # each node's row of the Metropolis-Hastings weights: own, then neighbours
+            mixing = torch.from_numpy(topology.metropolis_weights(plan.adj)).to(torch.float32)
+            self.weights = {j: mixing[j, [j, *plan.neighbours(j).tolist()]] for j in self.pool.nodes}
+        if cfg.screening.name == "scclip":
+            self.screen = functools.partial(self.screen, tau=cfg.screening.tau or None)
         self.b = cfg.screening.b
         self.step_size = schedules.build(optim.schedule, lr=optim.lr, t0=optim.t0, power=optim.power)
         self.grads = torch.zeros((len(self.ids), d))
@@ -236,7 +248,8 @@ class NodeHost(driver.Role):
                 self.exchange.exchange(self.pool.pool.numpy(), self.pool.incoming.numpy(),
                                        traffic=self.traffic)
         with self.timer("screening"):
-            screen_all(self.pool, self.screen, b=self.b, exchanging=self.exchanging, out=self.fresh)
+            screen_all(self.pool, self.screen, b=self.b, exchanging=self.exchanging, out=self.fresh,
+                       weights=self.weights)
             if step is not None:
                 self.fresh.sub_(self.grads, alpha=step)
             projection.project_ball_(self.fresh, self.cfg.optim.project_radius)

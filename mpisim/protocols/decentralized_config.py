@@ -41,9 +41,11 @@ class GraphConfig:
 class ScreeningConfig:
     """[screening]: how a node combines its neighbours' models (BRIDGE, eq 7 and variants)."""
 
-    name: str = option("bridge_t", "bridge_t (trimmed mean, eq 7), bridge_m, bridge_k, bridge_b, dgd (plain average, "
-                                   "eq 3), local (no exchange)")
+    name: str = option("bridge_t", "bridge_t (trimmed mean, eq 7), bridge_m, bridge_k, bridge_b, scclip "
+                                   "(self-centred clipping), dgd (plain average, eq 3), local (no exchange)")
     b: int = option(2, "number of Byzantine neighbours screened out per side (BRIDGE's b)")
+    tau: float = option(0.0, "scclip: the clipping radius (0: the authors' adaptive radius, the second largest "
+                             "distance from the node to a neighbour)")
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ def validate_decentralized(cfg: DecentralizedConfig, world_size: int | None) -> 
     require(scr.name in screening.SCREENS, "screening.name",
             f"unknown screening {scr.name!r}; known: {', '.join(screening.SCREENS)}")
     require(scr.b >= 0, "screening.b", f"must be >= 0, got {scr.b}")
+    require(math.isfinite(scr.tau) and scr.tau >= 0, "screening.tau",
+            f"must be a radius >= 0 (0: the adaptive one), got {scr.tau}")
     need = topology.required_degree(scr.b if scr.name != "local" else 0,
                                     min_degree=screening.min_degree(scr.name, scr.b))
     require(need <= n - 1, "screening.b",

@@ -53,6 +53,7 @@ __all__ = [
     "bridge_b",
     "dgd",
     "local",
+    "scclip",
 ]
 
 Tensor = torch.Tensor
@@ -124,7 +125,7 @@ def _first_passing_degree(name: str, check_fn: Callable[[int, int], str | None],
 
 def register(name: str, *, title: str, rule: str | None = None, bound: str | None = None,
              with_own: bool = False, check: Callable[[int, int], str | None] | None = None,
-             reference: str = ""):
+             reference: str = "", weighted: bool = False):
     """Register a screen under its config name (:data:`mpisim.registry.screenings`;
     ``mpisim.register.screening`` calls this too).
 
@@ -132,6 +133,10 @@ def register(name: str, *, title: str, rule: str | None = None, bound: str | Non
     when ``with_own``, else on the received rows) takes its check from that
     rule; ``bound`` is the same condition written in m and b, for messages.
     Otherwise ``check(m, b)`` (a message or None), or every m is allowed.
+    A ``weighted`` screen also takes ``weights``, the node's row of the graph's
+    mixing matrix: (m + 1,), its own weight first, then its neighbours' in the
+    order of the received rows (ascending neighbour id). Keyword arguments
+    beyond b (a screen's own parameters, e.g. scclip's tau) pass through.
     Adds ``fn.check(m, b)``, ``fn.min_degree(b)``, ``fn.title`` and
     ``fn.bound``, and makes the function validate its inputs and (m, b)
     before it runs.
@@ -151,21 +156,25 @@ def register(name: str, *, title: str, rule: str | None = None, bound: str | Non
             return _first_passing_degree(name, check_fn, b)
 
         @functools.wraps(impl)
-        def screen_fn(own: Tensor, received: Tensor, *, b: int) -> Tensor:
+        def screen_fn(own: Tensor, received: Tensor, *, b: int, **params) -> Tensor:
             own, received = _as_inputs(name, own, received)
             msg = check_fn(received.shape[0], b)
             if msg:
                 raise ValueError(msg)
-            return impl(own, received, b=b)
+            if weighted and (params.get("weights") is None or len(params["weights"]) != received.shape[0] + 1):
+                raise ValueError(f"{name}: needs weights, the node's row of the mixing matrix: "
+                                 f"{received.shape[0] + 1} values, its own weight first")
+            return impl(own, received, b=b, **params)
 
         screen_fn.check = check_fn
         screen_fn.min_degree = min_degree_fn
         screen_fn.config_name = name
         screen_fn.title = title
         screen_fn.bound = bound
+        screen_fn.weighted = weighted
         SCREENS.add(registry.Entry(
             kind="screening", name=name, obj=screen_fn, check=check_fn, description=title,
-            reference=reference, properties={"rule": rule, "bound": bound, "with_own": with_own},
+            reference=reference, properties={"rule": rule, "bound": bound, "with_own": with_own, "weighted": weighted},
             origin=registry.current_origin(impl)))
         return screen_fn
 
@@ -212,6 +221,8 @@ _REFERENCES = {
         "eq 3 (DGD, the non-robust baseline)"),
     "local": ("Fang, Yang, Bajwa, BRIDGE: Byzantine-Resilient Decentralized Gradient Descent, IEEE TSIPN 2022, "
         "Section 5 (local training baseline)"),
+    "scclip": ("He, Karimireddy, Jaggi, Byzantine-robust decentralized learning via self-centered clipping, 2022 "
+        "(SCClip; tau rule of the authors' code, epfml/byzantine-robust-decentralized-optimizer)"),
 }
 
 
@@ -381,3 +392,37 @@ def screen(name: str, own: Tensor, received: Tensor, *, b: int) -> Tensor:
     if fn is None:
         raise ValueError(_unknown(name))
     return fn(own, received, b=b)
+
+
+# --------------------------------------------------------------------------
+# Self-centred clipping (He, Karimireddy and Jaggi, 2022)
+# --------------------------------------------------------------------------
+
+@register("scclip", reference=_REFERENCES["scclip"], weighted=True,
+          title="self-centred clipping, weighted by the mixing matrix")
+def scclip(own: Tensor, received: Tensor, *, b: int, weights: Tensor, tau: float | None = None) -> Tensor:
+    """Self-centred clipping: own + sum_j W_ij clip(x_j - own, tau).
+
+    own (d,), received (m, d), weights (m + 1,) the node's row of a doubly
+    stochastic mixing matrix (own weight first; the decentralized mode uses
+    the Metropolis-Hastings weights of the graph) -> (d,). clip(z, tau) =
+    z min(1, tau / ||z||): a neighbour moves the node by at most W_ij tau,
+    whatever it sends. ``tau`` None takes the authors' adaptive radius (their
+    code's rule, the paper gives a theoretical one that needs the honest
+    nodes' spread): the second largest of the m distances ||x_j - own|| (the
+    only one when m = 1), so the farthest neighbour is clipped to the
+    second farthest. A NaN or infinite difference contributes nothing, as in
+    the authors' code. b is accepted and ignored (scclip has no trim);
+    m = 0 returns a copy of own.
+    """
+    if received.shape[0] == 0:
+        return own.clone()
+    diff = received - own
+    norms = torch.linalg.vector_norm(diff, dim=1)
+    if tau is None:
+        tau = norms.sort().values[-2] if norms.numel() >= 2 else norms[0]
+    scale = torch.where(norms > tau, tau / norms, torch.ones_like(norms))
+    scale = torch.where(torch.isfinite(norms), scale, torch.zeros_like(scale))
+    coeff = torch.as_tensor(weights, dtype=own.dtype)[1:] * scale
+    diff = torch.where(torch.isfinite(diff), diff, torch.zeros_like(diff))
+    return own + coeff @ diff

@@ -1,6 +1,7 @@
 """Decentralized mode: the plan (pure) and python -m mpisim.decentralized for real (MPI tier)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -185,3 +186,41 @@ def test_a_byzantine_node_with_few_neighbours_does_not_screen():
     # Node 0 hears 2, 3, 4 and 100: drops 2 and 100, averages 3 and 4 with its own 1;
     # node 1 hears 1, 3, 4: keeps 3. The Byzantine node keeps its own 5.
     torch.testing.assert_close(out[:, 0], torch.tensor([8 / 3, 2.5, 2.5, 3.0, 5.0]))
+
+
+def test_scclip_by_hand_with_a_fixed_and_the_adaptive_radius():
+    # own at the origin, neighbours at distances 5, 1 and 10, weights 1/4 each
+    from mpisim.rules import screening
+
+    own, received = torch.zeros(2), torch.tensor([[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]])
+    weights = torch.full((4,), 0.25)
+    scclip = screening.SCREENS["scclip"]
+
+    # tau = 1: (0.6, 0.8), (0, 1), (0.6, 0.8), a quarter each
+    torch.testing.assert_close(scclip(own, received, b=1, weights=weights, tau=1.0), torch.tensor([0.3, 0.65]))
+    # adaptive: the second largest distance, 5: (3, 4), (0, 1), (3, 4)
+    torch.testing.assert_close(scclip(own, received, b=1, weights=weights), torch.tensor([1.5, 2.25]))
+    # a NaN neighbour moves nothing; no neighbour leaves own; weights are required
+    broken = torch.cat([received[:2], torch.full((1, 2), math.nan)])
+    torch.testing.assert_close(scclip(own, broken, b=1, weights=weights, tau=1.0), torch.tensor([0.15, 0.45]))
+    torch.testing.assert_close(scclip(own, received[:0], b=1, weights=weights[:1]), own)
+    with pytest.raises(ValueError, match="needs weights"):
+        scclip(own, received, b=1)
+
+
+@pytestmark_processes
+def test_scclip_on_a_ring_gives_the_same_models_on_3_and_6_ranks(mpirun, tmp_path):
+    models = []
+    for ranks in (3, 6):
+        result, run_dir = run_job(mpirun, tmp_path, ranks, "--data.name", "synthetic_regression",
+                                  "--data.params.samples", "600", "--data.params.dim", "20", "--model.name",
+                                  "least_squares", "--nodes.n", "12", "--nodes.per_rank", str(12 // ranks),
+                                  "--screening.name", "scclip", "--screening.b", "1", "--byzantine.count", "2",
+                                  "--byzantine.fault", "sign_flip", "--graph.kind", "ring", "--graph.hops", "2",
+                                  "--graph.unchecked", "true", "--run.rounds", "20", "--run.save_model", "true",
+                                  name=f"on{ranks}", timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+        models.append(np.load(run_dir / "models.npy"))
+
+    assert models[0].tobytes() == models[1].tobytes()
+    assert json.loads((run_dir / "summary.json").read_text())["screening"] == "scclip"
