@@ -385,13 +385,14 @@ def describe(name: str) -> str:
     return f"{name} ({fn.title}: {fn.bound})" if fn.bound else f"{name} ({fn.title})"
 
 
-def screen(name: str, own: Tensor, received: Tensor, *, b: int) -> Tensor:
-    """Run screen ``name`` on own (d,) and received (m, d); ``ValueError``
-    with the check's message for an unknown name or an impossible (m, b)."""
+def screen(name: str, own: Tensor, received: Tensor, *, b: int, **params) -> Tensor:
+    """Run screen ``name`` on own (d,) and received (m, d), with its own parameters (a weighted
+    screen's ``weights``, scclip's ``tau``); ``ValueError`` with the check's message for an unknown
+    name or an impossible (m, b)."""
     fn = SCREENS.get(name)
     if fn is None:
         raise ValueError(_unknown(name))
-    return fn(own, received, b=b)
+    return fn(own, received, b=b, **params)
 
 
 # --------------------------------------------------------------------------

@@ -18,11 +18,21 @@ BOUNDS = {
     "bridge_b": lambda m, b: m >= 4 * b + 2,
     "dgd": lambda m, b: True,
     "local": lambda m, b: True,
+    "scclip": lambda m, b: True,
 }
 
 
 def _t(rows):
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def run(name, own, received, *, b):
+    """screening.screen, with uniform weights for a weighted screen (scclip): the properties
+    below hold for any weights that do not depend on the rows' order."""
+    m = received.shape[0]
+    uniform = torch.full((m + 1,), 1 / (m + 1), dtype=own.dtype)
+    weights = {"weights": uniform} if screening.SCREENS[name].weighted else {}
+    return screening.screen(name, own, received, b=b, **weights)
 
 
 def _smallest_legal_degree(name, b):
@@ -234,7 +244,7 @@ def test_inputs_are_not_modified(name):
     received[0, 5:] = 1e30
     own_before, received_before = own.clone(), received.clone()
 
-    screening.screen(name, own, received, b=b)
+    run(name, own, received, b=b)
 
     torch.testing.assert_close(own, own_before, equal_nan=True, rtol=0, atol=0)
     torch.testing.assert_close(received, received_before, equal_nan=True, rtol=0, atol=0)
@@ -252,8 +262,8 @@ def test_permuting_the_received_rows_does_not_change_the_result(name):
     received = torch.randn(m, 64, generator=gen)
     perm = torch.randperm(m, generator=gen)
 
-    out = screening.screen(name, own, received, b=b)
-    permuted = screening.screen(name, own, received[perm], b=b)
+    out = run(name, own, received, b=b)
+    permuted = run(name, own, received[perm], b=b)
 
     torch.testing.assert_close(out, permuted, rtol=1e-6, atol=1e-6)
 
@@ -265,7 +275,7 @@ def test_output_has_shape_d_and_input_dtype(name):
     own = torch.zeros(5, dtype=torch.float64)
     received = torch.ones(m, 5, dtype=torch.float64)
 
-    out = screening.screen(name, own, received, b=b)
+    out = run(name, own, received, b=b)
 
     assert out.shape == (5,) and out.dtype == torch.float64
 
@@ -336,7 +346,7 @@ def test_screens_run_on_a_realistic_size_quickly():
     received = torch.randn(50, 7850, generator=gen)
 
     for name in screening.SCREENS:
-        out = screening.screen(name, own, received, b=10)
+        out = run(name, own, received, b=10)
         assert out.shape == (7850,) and torch.isfinite(out).all()
 
 
