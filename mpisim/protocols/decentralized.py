@@ -364,7 +364,8 @@ class NodeHost(driver.Role):
         final = s["final"]
         graph = s["graph"]
         how = graph["assumption4_detail"].split(":")[0]
-        kind = f"{graph['kind']} p={graph['p']}" if graph.get("kind", "erdos_renyi") == "erdos_renyi" else graph["kind"]
+        kind = graph.get("kind", "erdos_renyi")  # summaries written before graph.kind have none
+        kind = f"{kind} p={graph['p']}" if kind == "erdos_renyi" else kind
         lines = [f"graph: {kind}, min honest degree {graph['min_honest_degree']}, "
                  f"Assumption 4 {graph['assumption4']}" + (f" ({how})" if how else "")
                  + (f", spectral gap {graph['spectral_gap']:.3g}" if graph.get("spectral_gap") is not None else "")
